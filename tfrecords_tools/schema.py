@@ -81,41 +81,43 @@ def feature_spec(num_multi_labels: int | None = None) -> dict[str, object]:
     multi = tf.io.RaggedFeature(tf.float32)
   else:
     multi = tf.io.FixedLenFeature(
-        [num_multi_labels], tf.float32, default_value=[-1.0] * num_multi_labels)
+      [num_multi_labels], tf.float32, default_value=[-1.0] * num_multi_labels
+    )
   return {
-      IMAGE_ENCODED: tf.io.FixedLenFeature([], tf.string),
-      IMAGE_FORMAT: string(),
-      IMAGE_HEIGHT: int64(),
-      IMAGE_WIDTH: int64(),
-      IMAGE_CHANNELS: int64(1),
-      IMAGE_BIT_DEPTH: int64(8),
-      IMAGE_SOURCE_ID: string(),
-      IMAGE_FRAME_INDEX: int64(),
-      LABEL: int64(-1),
-      MULTI_LABEL: multi,
-      HAS_LABEL: int64(0),
-      PATIENT_ID_HASH: string(),
-      STUDY_ID_HASH: string(),
-      SOP_INSTANCE_HASH: string(),
-      SITE: string(),
-      SPLIT: string(),
-      MODALITY: string(),
-      BODY_PART: string(),
-      VIEW_POSITION: string(),
-      PHOTOMETRIC: string(),
-      TRANSFER_SYNTAX: string(),
-      SOURCE_FORMAT: string(),
-      VOI_METHOD: string(),
-      WINDOW_CENTER: float32(),
-      WINDOW_WIDTH: float32(),
-      VOI_FUNCTION: string(),
-      INVERTED: int64(),
-      CONVERTER_VERSION: string(),
+    IMAGE_ENCODED: tf.io.FixedLenFeature([], tf.string),
+    IMAGE_FORMAT: string(),
+    IMAGE_HEIGHT: int64(),
+    IMAGE_WIDTH: int64(),
+    IMAGE_CHANNELS: int64(1),
+    IMAGE_BIT_DEPTH: int64(8),
+    IMAGE_SOURCE_ID: string(),
+    IMAGE_FRAME_INDEX: int64(),
+    LABEL: int64(-1),
+    MULTI_LABEL: multi,
+    HAS_LABEL: int64(0),
+    PATIENT_ID_HASH: string(),
+    STUDY_ID_HASH: string(),
+    SOP_INSTANCE_HASH: string(),
+    SITE: string(),
+    SPLIT: string(),
+    MODALITY: string(),
+    BODY_PART: string(),
+    VIEW_POSITION: string(),
+    PHOTOMETRIC: string(),
+    TRANSFER_SYNTAX: string(),
+    SOURCE_FORMAT: string(),
+    VOI_METHOD: string(),
+    WINDOW_CENTER: float32(),
+    WINDOW_WIDTH: float32(),
+    VOI_FUNCTION: string(),
+    INVERTED: int64(),
+    CONVERTER_VERSION: string(),
   }
 
 
-def parse_example(serialized: tf.Tensor,
-                  num_multi_labels: int | None = None) -> dict[str, tf.Tensor]:
+def parse_example(
+  serialized: tf.Tensor, num_multi_labels: int | None = None
+) -> dict[str, tf.Tensor]:
   """Parses one serialized tf.Example (scalar string tensor) into a dict.
 
   The image stays encoded; decode with `decode_image`.

@@ -1,0 +1,51 @@
+# remedis-tf: every target creates .venv and installs into it when missing.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.remedis-installed
+RESULTS := .test-results
+DEMO_DIR ?= demo_output
+PYTEST_WORKERS ?= 2
+
+.PHONY: venv test test-fast demo bazel-build bazel-test lint format clean
+
+venv: $(STAMP)
+
+$(STAMP): requirements.lock pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements.lock
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps -e .
+	@touch $@
+
+# The README's test command: the whole pytest suite (unit, slow, integration).
+test: $(STAMP)
+	@mkdir -p $(RESULTS)
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile --junitxml=$(RESULTS)/pytest.xml tests
+
+# Fast unit tests only (what Bazel runs).
+test-fast: $(STAMP)
+	$(PY) -m pytest -n $(PYTEST_WORKERS) -m "not slow and not integration" tests
+
+# The README's main-job command: the REMEDIS data-efficiency study on built-in synthetic data.
+demo: $(STAMP)
+	$(VENV)/bin/remedis-demo --output_dir $(DEMO_DIR)
+
+bazel-build: $(STAMP)
+	bazel build //...
+
+bazel-test: $(STAMP)
+	bazel test //...
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check remedis_tf tfrecords_tools hub_export tests benchmarks bazel
+	$(VENV)/bin/ruff format --check remedis_tf tfrecords_tools hub_export tests benchmarks bazel
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format remedis_tf tfrecords_tools hub_export tests benchmarks bazel
+	$(VENV)/bin/ruff check --fix remedis_tf tfrecords_tools hub_export tests benchmarks bazel
+
+clean:
+	rm -rf $(RESULTS) .pytest_cache
+	-bazel clean
