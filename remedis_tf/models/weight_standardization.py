@@ -1,0 +1,107 @@
+"""Weight-standardized 2-D convolution (Qiao et al. 2019), as used by BiT.
+
+BiT standardizes every convolution kernel over its spatial and input-channel
+axes before convolving::
+
+    w_hat = (w - mean(w)) / sqrt(var(w) + 1e-10)      # moments over H, W, I
+
+and pads explicitly so the convolution itself is always VALID. The layer owns a
+plain HWIO `kernel` variable (no bias) so a checkpoint maps onto it directly.
+
+Precision: the kernel is stored in the variable dtype (float32) and the layer
+disables Keras autocasting, so the standardization always runs in float32; only
+the standardized kernel and the input are cast to the compute dtype (e.g.
+bfloat16 under `mixed_bfloat16`) for the convolution itself.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+from keras import ops
+
+# BiT's standardization epsilon (big_transfer bit_tf2/models.py, bit_jax/models.py).
+WS_EPSILON = 1e-10
+
+
+def standardize_kernel(kernel: Any, epsilon: float = WS_EPSILON) -> Any:
+  """Standardizes an HWIO kernel over H, W and I, per output channel.
+
+  Args:
+    kernel: (kh, kw, in_channels, out_channels) tensor; computed in float32.
+    epsilon: added to the variance.
+
+  Returns:
+    Float32 tensor of the same shape, zero mean and unit variance per output
+    channel.
+  """
+  kernel = ops.cast(kernel, "float32")
+  mean, var = ops.moments(kernel, axes=[0, 1, 2], keepdims=True)
+  return (kernel - mean) * ops.rsqrt(var + epsilon)
+
+
+@keras.saving.register_keras_serializable(package="remedis_tf")
+class StandardizedConv2D(keras.layers.Layer):
+  """Bias-free weight-standardized convolution with BiT's explicit padding.
+
+  Input (N, H, W, C_in) -> output (N, H', W', filters) with
+  H' = floor((H + pad_total - kernel_size) / stride) + 1, where
+  pad_total = kernel_size - 1 split as (pad_total // 2, pad_total - pad_total // 2)
+  (BiT's `fixed_padding` / `PaddingFromKernelSize`); `pad=False` skips padding.
+  """
+
+  def __init__(
+    self,
+    filters: int,
+    kernel_size: int,
+    strides: int = 1,
+    pad: bool = True,
+    kernel_initializer: str | keras.initializers.Initializer = "he_normal",
+    **kwargs: Any,
+  ) -> None:
+    kwargs.setdefault("autocast", False)
+    super().__init__(**kwargs)
+    self.filters = int(filters)
+    self.kernel_size = int(kernel_size)
+    self.strides = int(strides)
+    self.pad = bool(pad)
+    self.kernel_initializer = keras.initializers.get(kernel_initializer)
+
+  def build(self, input_shape: tuple[int | None, ...]) -> None:
+    in_channels = int(input_shape[-1])
+    self.kernel = self.add_weight(
+      name="kernel",
+      shape=(self.kernel_size, self.kernel_size, in_channels, self.filters),
+      initializer=self.kernel_initializer,
+      trainable=True,
+    )
+
+  def call(self, inputs: Any) -> Any:
+    x = ops.cast(inputs, self.compute_dtype)
+    total = self.kernel_size - 1
+    if self.pad and total > 0:
+      beg, end = total // 2, total - total // 2
+      x = ops.pad(x, [[0, 0], [beg, end], [beg, end], [0, 0]])
+    kernel = ops.cast(standardize_kernel(self.kernel), self.compute_dtype)
+    return ops.conv(x, kernel, strides=self.strides, padding="valid")
+
+  def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
+    def out(size: int | None) -> int | None:
+      if size is None:
+        return None
+      total = self.kernel_size - 1 if self.pad else 0
+      return (size + total - self.kernel_size) // self.strides + 1
+
+    return (input_shape[0], out(input_shape[1]), out(input_shape[2]), self.filters)
+
+  def get_config(self) -> dict[str, Any]:
+    config = super().get_config()
+    config.update(
+      filters=self.filters,
+      kernel_size=self.kernel_size,
+      strides=self.strides,
+      pad=self.pad,
+      kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
+    )
+    return config

@@ -1,0 +1,384 @@
+"""Tests for remedis_tf.models.bit_resnet (BiT ResNetV2 encoders).
+
+The forward pass is checked against an independent float64 NumPy
+implementation of BiT written below from BiT's definition
+(google-research/big_transfer); it reads the official `.npz` layout and shares
+no code with remedis_tf.models.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from remedis_tf import models
+from remedis_tf.models import bit_resnet
+
+# ---------------------------------------------------------------------------
+# Independent NumPy reference (float64).
+# ---------------------------------------------------------------------------
+
+GROUPS = 32
+GN_EPS = 1e-5
+WS_EPS = 1e-10
+
+
+def standardize(kernel: np.ndarray) -> np.ndarray:
+  """HWIO kernel -> (k - mean) / sqrt(var + 1e-10), moments over H, W, I."""
+  mean = kernel.mean(axis=(0, 1, 2), keepdims=True)
+  var = kernel.var(axis=(0, 1, 2), keepdims=True)
+  return (kernel - mean) / np.sqrt(var + WS_EPS)
+
+
+def pad(x: np.ndarray, kernel_size: int) -> np.ndarray:
+  """BiT's fixed padding: (k - 1) // 2 before, the rest after, zeros."""
+  total = kernel_size - 1
+  beg, end = total // 2, total - total // 2
+  return np.pad(x, ((0, 0), (beg, end), (beg, end), (0, 0)))
+
+
+def conv(x: np.ndarray, kernel: np.ndarray, stride: int = 1) -> np.ndarray:
+  """VALID cross-correlation of NHWC x with an HWIO kernel, by explicit shifts."""
+  kh, kw = kernel.shape[:2]
+  n, h, w, _ = x.shape
+  oh, ow = (h - kh) // stride + 1, (w - kw) // stride + 1
+  out = np.zeros((n, oh, ow, kernel.shape[3]))
+  for i in range(kh):
+    for j in range(kw):
+      patch = x[:, i : i + stride * (oh - 1) + 1 : stride, j : j + stride * (ow - 1) + 1 : stride]
+      out += patch @ kernel[i, j]
+  return out
+
+
+def ws_conv(x: np.ndarray, kernel: np.ndarray, stride: int = 1, padded: bool = True) -> np.ndarray:
+  if padded:
+    x = pad(x, kernel.shape[0])
+  return conv(x, standardize(kernel), stride)
+
+
+def group_norm(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray) -> np.ndarray:
+  n, h, w, c = x.shape
+  g = x.reshape(n, h, w, GROUPS, c // GROUPS)
+  mean = g.mean(axis=(1, 2, 4), keepdims=True)
+  var = g.var(axis=(1, 2, 4), keepdims=True)
+  return ((g - mean) / np.sqrt(var + GN_EPS)).reshape(n, h, w, c) * gamma + beta
+
+
+def max_pool_3x3_s2(x: np.ndarray) -> np.ndarray:
+  n, h, w, c = x.shape
+  oh, ow = (h - 3) // 2 + 1, (w - 3) // 2 + 1
+  out = np.full((n, oh, ow, c), -np.inf)
+  for i in range(3):
+    for j in range(3):
+      out = np.maximum(out, x[:, i : i + 2 * (oh - 1) + 1 : 2, j : j + 2 * (ow - 1) + 1 : 2])
+  return out
+
+
+def bit_forward(weights: dict[str, np.ndarray], images: np.ndarray) -> dict[str, np.ndarray]:
+  """BiT ResNetV2 forward pass from official checkpoint arrays.
+
+  Args:
+    weights: `.npz` contents (keys "resnet/...").
+    images: (N, H, W, 3) in [0, 1].
+
+  Returns:
+    Dict with 'feature_map', 'embedding' and, if the file has a head, 'logits'.
+  """
+  w = {k: np.asarray(v, np.float64) for k, v in weights.items()}
+  relu = lambda t: np.maximum(t, 0.0)  # noqa: E731
+  x = np.asarray(images, np.float64) * 2.0 - 1.0
+  x = ws_conv(x, w["resnet/root_block/standardized_conv2d/kernel"], stride=2)
+  x = max_pool_3x3_s2(np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0))))
+  block = 1
+  while f"resnet/block{block}/unit01/a/standardized_conv2d/kernel" in w:
+    unit = 1
+    while (p := f"resnet/block{block}/unit{unit:02d}/") + "a/standardized_conv2d/kernel" in w:
+      stride = 2 if (block > 1 and unit == 1) else 1
+      y = relu(group_norm(x, w[p + "a/group_norm/gamma"], w[p + "a/group_norm/beta"]))
+      shortcut = x
+      if p + "a/proj/standardized_conv2d/kernel" in w:
+        shortcut = ws_conv(y, w[p + "a/proj/standardized_conv2d/kernel"], stride, padded=False)
+      y = ws_conv(y, w[p + "a/standardized_conv2d/kernel"])
+      y = relu(group_norm(y, w[p + "b/group_norm/gamma"], w[p + "b/group_norm/beta"]))
+      y = ws_conv(y, w[p + "b/standardized_conv2d/kernel"], stride)
+      y = relu(group_norm(y, w[p + "c/group_norm/gamma"], w[p + "c/group_norm/beta"]))
+      y = ws_conv(y, w[p + "c/standardized_conv2d/kernel"])
+      x = y + shortcut
+      unit += 1
+    block += 1
+  x = relu(group_norm(x, w["resnet/group_norm/gamma"], w["resnet/group_norm/beta"]))
+  out = {"feature_map": x, "embedding": x.mean(axis=(1, 2))}
+  if "resnet/head/conv2d/kernel" in w:
+    out["logits"] = (
+      out["embedding"] @ w["resnet/head/conv2d/kernel"][0, 0] + w["resnet/head/conv2d/bias"]
+    )
+  return out
+
+
+# ---------------------------------------------------------------------------
+# Helpers.
+# ---------------------------------------------------------------------------
+
+
+def _randomize(model: keras.Model, seed: int = 0) -> None:
+  """Gives every variable a non-trivial value (GN gamma/beta, head included)."""
+  rng = np.random.default_rng(seed)
+  for v in model.weights:
+    shape = tuple(v.shape)
+    if v.path.endswith("gamma"):
+      value = rng.uniform(0.5, 1.5, shape)
+    elif v.path.endswith("beta") or v.path.endswith("bias"):
+      value = rng.normal(0.0, 0.3, shape)
+    else:
+      value = rng.normal(0.0, 0.05, shape) + rng.normal(0.0, 0.05, shape[-1:])
+    v.assign(value.astype(np.float32))
+
+
+def _tiny_with_npz(tmp_path, num_classes=None, seed=0):
+  model = models.build_bit_encoder(block_units=[1, 1, 1, 1], num_classes=num_classes)
+  _randomize(model, seed)
+  path = tmp_path / "tiny.npz"
+  models.save_bit_checkpoint(model, path)
+  with np.load(path) as data:
+    weights = {k: data[k] for k in data.files}
+  return model, weights
+
+
+def _rel_err(got, want) -> float:
+  got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+  return float(np.linalg.norm(got - want) / np.linalg.norm(want))
+
+
+# ---------------------------------------------------------------------------
+# Forward pass against the reference.
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+  "shape, contrast",
+  [
+    ((2, 64, 64, 3), 1.0),
+    ((1, 48, 40, 3), 1.0),  # Not a multiple of 32: ceil(H / 32) output.
+    ((1, 32, 32, 3), 1e-3),  # Low contrast: GN epsilon 1e-5 vs 1e-3 matters here.
+  ],
+)
+def test_forward_matches_numpy_reference(tmp_path, shape, contrast):
+  model, weights = _tiny_with_npz(tmp_path, num_classes=3)
+  rng = np.random.default_rng(1)
+  images = (0.5 + contrast * (rng.uniform(0, 1, shape) - 0.5)).astype(np.float32)
+  got = model(images)
+  want = bit_forward(weights, images)
+  n, h, w, _ = shape
+  assert got["feature_map"].shape == (n, -(-h // 32), -(-w // 32), 2048)
+  assert got["embedding"].shape == (n, 2048)
+  assert got["logits"].shape == (n, 3)
+  assert _rel_err(got["embedding"], want["embedding"]) < 1e-4
+  assert _rel_err(got["feature_map"], want["feature_map"]) < 1e-4
+  assert _rel_err(got["logits"], want["logits"]) < 1e-4
+
+
+def test_reference_is_sensitive_to_gn_epsilon(tmp_path):
+  """The low-contrast case above would fail with Keras' default GN epsilon 1e-3."""
+  global GN_EPS
+  _, weights = _tiny_with_npz(tmp_path)
+  images = (0.5 + 1e-3 * np.random.default_rng(1).uniform(-0.5, 0.5, (1, 32, 32, 3))).astype(
+    np.float32
+  )
+  want = bit_forward(weights, images)["embedding"]
+  saved, GN_EPS = GN_EPS, 1e-3
+  try:
+    other = bit_forward(weights, images)["embedding"]
+  finally:
+    GN_EPS = saved
+  assert _rel_err(other, want) > 1e-3
+
+
+def test_head_is_zero_initialised():
+  model = models.build_bit_encoder(block_units=[1, 1, 1, 1], num_classes=4)
+  out = model(np.random.default_rng(0).uniform(size=(1, 32, 32, 3)).astype(np.float32))
+  np.testing.assert_array_equal(out["logits"], np.zeros((1, 4)))
+  assert set(out) == {"feature_map", "embedding", "logits"}
+
+
+def test_no_head_outputs():
+  model = models.build_bit_encoder(block_units=[1, 1, 1, 1])
+  assert set(model.output) == {"feature_map", "embedding"}
+
+
+def test_gradients_reach_every_variable(tmp_path):
+  model, _ = _tiny_with_npz(tmp_path)
+  images = np.random.default_rng(2).uniform(size=(2, 32, 32, 3)).astype(np.float32)
+  with tf.GradientTape() as tape:
+    loss = tf.reduce_sum(tf.square(model(images, training=True)["embedding"]))
+  grads = tape.gradient(loss, model.trainable_variables)
+  assert len(grads) == len(model.weights)
+  for v, g in zip(model.trainable_variables, grads, strict=True):
+    assert g is not None, v.path
+    assert np.all(np.isfinite(g)), v.path
+    assert np.any(g != 0), v.path
+
+
+# ---------------------------------------------------------------------------
+# Architecture sizes.
+# ---------------------------------------------------------------------------
+
+
+def _expected_params(block_units, width, num_classes=0):
+  """Parameter count from BiT's definition, counted independently of Keras."""
+  total = 7 * 7 * 3 * 64 * width
+  in_ch = 64 * width
+  for b, units in enumerate(block_units):
+    mid = 64 * width * 2**b
+    out = 4 * mid
+    for u in range(units):
+      stride = 2 if (b > 0 and u == 0) else 1
+      total += 2 * in_ch + in_ch * mid  # a: GN + 1x1
+      total += 2 * mid + 9 * mid * mid  # b: GN + 3x3
+      total += 2 * mid + mid * out  # c: GN + 1x1
+      if stride != 1 or in_ch != out:
+        total += in_ch * out  # projection
+      in_ch = out
+  total += 2 * in_ch  # final GN
+  if num_classes:
+    total += in_ch * num_classes + num_classes
+  return total
+
+
+def test_r50x1_embedding_and_param_count():
+  model = models.build_encoder_by_name("bit-r50x1")
+  assert model.output["embedding"].shape == (None, 2048)
+  # BiT R50x1 backbone: 23,500,352; with the ImageNet-1k head 25,549,352
+  # (timm resnetv2_50x1_bit: 25.55M).
+  assert model.count_params() == 23_500_352 == _expected_params((3, 4, 6, 3), 1)
+  with_head = models.build_bit_encoder(50, 1, num_classes=1000)
+  assert with_head.count_params() == 25_549_352
+
+
+@pytest.mark.slow
+def test_r152x2_embedding_and_param_count():
+  model = models.build_encoder_by_name("bit-r152x2", num_classes=1000)
+  assert model.output["embedding"].shape == (None, 4096)
+  # BiT R152x2: 232,238,208 backbone + 4,097,000 head = 236,335,208
+  # (timm resnetv2_152x2_bit: 236.34M).
+  assert model.count_params() == 236_335_208 == _expected_params((3, 8, 36, 3), 2, 1000)
+
+
+@pytest.mark.parametrize("block_units, width", [((1, 1, 1, 1), 1), ((2, 1), 2), ((1, 2, 1, 1), 1)])
+def test_custom_tables_param_count(block_units, width):
+  model = models.build_bit_encoder(block_units=block_units, width=width, num_classes=7)
+  assert model.count_params() == _expected_params(block_units, width, 7)
+
+
+def test_stage_table():
+  table = bit_resnet.stage_table((3, 4, 6, 3), 2)
+  assert [(s.units, s.stride, s.width) for s in table] == [
+    (3, 1, 128),
+    (4, 2, 256),
+    (6, 2, 512),
+    (3, 2, 1024),
+  ]
+
+
+@pytest.mark.parametrize(
+  "name, expected",
+  [
+    ("bit-r50x1", (50, 1, None)),
+    ("bit-r152x2", (152, 2, None)),
+    ("BiT-R101x3", (101, 3, None)),
+    ("bit-tiny", (14, 1, (1, 1, 1, 1))),
+  ],
+)
+def test_parse_encoder_name(name, expected):
+  assert models.parse_encoder_name(name) == expected
+
+
+@pytest.mark.parametrize("name", ["bit-r34x1", "resnet50", "bit-r50x0", "bit-r50"])
+def test_parse_encoder_name_rejects(name):
+  with pytest.raises(ValueError):
+    models.parse_encoder_name(name)
+
+
+# ---------------------------------------------------------------------------
+# Compilation, mixed precision, distribution.
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_tf_function_and_jit_compile_match_eager(tmp_path):
+  model, weights = _tiny_with_npz(tmp_path)
+  images = np.random.default_rng(3).uniform(size=(2, 32, 32, 3)).astype(np.float32)
+  want = bit_forward(weights, images)["embedding"]
+  graph = tf.function(lambda x: model(x)["embedding"])
+  xla = tf.function(lambda x: model(x)["embedding"], jit_compile=True)
+  assert _rel_err(graph(images), want) < 1e-4
+  assert _rel_err(xla(images), want) < 1e-4
+  # Dynamic spatial size through one traced function.
+  dyn = tf.function(
+    lambda x: model(x)["feature_map"],
+    input_signature=[tf.TensorSpec((None, None, None, 3), tf.float32)],
+  )
+  assert dyn(images).shape == (2, 1, 1, 2048)
+  assert dyn(np.zeros((1, 64, 96, 3), np.float32)).shape == (1, 2, 3, 2048)
+
+
+@pytest.mark.slow
+def test_mixed_bfloat16_close_to_float32(tmp_path):
+  _, weights = _tiny_with_npz(tmp_path)
+  images = np.random.default_rng(4).uniform(size=(2, 64, 64, 3)).astype(np.float32)
+  want = bit_forward(weights, images)["embedding"]
+  keras.mixed_precision.set_global_policy("mixed_bfloat16")
+  try:
+    model = models.build_bit_encoder(block_units=[1, 1, 1, 1])
+    models.load_bit_checkpoint(model, tmp_path / "tiny.npz")
+    out = model(images)
+    xla = tf.function(lambda x: model(x)["embedding"], jit_compile=True)(images)
+  finally:
+    keras.mixed_precision.set_global_policy("float32")
+  assert all(v.dtype == "float32" for v in model.weights)
+  conv = model.get_layer("block1").unit_layers[0].b_standardized_conv2d
+  assert conv.compute_dtype == "bfloat16"
+  assert out["embedding"].dtype == tf.float32
+  assert out["feature_map"].dtype == tf.float32
+  assert _rel_err(out["embedding"], want) < 3e-2
+  assert _rel_err(xla, want) < 3e-2
+
+
+@pytest.mark.slow
+def test_builds_and_runs_under_mirrored_strategy(tmp_path):
+  _, weights = _tiny_with_npz(tmp_path)
+  strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+  assert strategy.num_replicas_in_sync == 2
+  with strategy.scope():
+    model = models.build_bit_encoder(block_units=[1, 1, 1, 1])
+  assert all(isinstance(v.value, tf.distribute.DistributedValues) for v in model.weights)
+  models.load_bit_checkpoint(model, tmp_path / "tiny.npz")
+  images = np.random.default_rng(5).uniform(size=(4, 32, 32, 3)).astype(np.float32)
+  dataset = tf.data.Dataset.from_tensor_slices(images).batch(4)
+  batch = next(iter(strategy.experimental_distribute_dataset(dataset)))
+
+  @tf.function
+  def step(x):
+    def replica_fn(x):
+      with tf.GradientTape() as tape:
+        emb = model(x, training=True)["embedding"]
+        loss = tf.reduce_sum(emb)
+      grads = tape.gradient(loss, model.trainable_variables)
+      return emb, tf.add_n([tf.reduce_sum(g) for g in grads])
+
+    return strategy.run(replica_fn, args=(x,))
+
+  emb, _ = step(batch)
+  got = np.concatenate([t.numpy() for t in strategy.experimental_local_results(emb)])
+  assert _rel_err(got, bit_forward(weights, images)["embedding"]) < 1e-4
+
+
+def test_keras_serialization_round_trip(tmp_path):
+  model, _ = _tiny_with_npz(tmp_path, num_classes=2)
+  path = tmp_path / "tiny.keras"
+  model.save(path)
+  restored = keras.models.load_model(path)
+  images = np.random.default_rng(6).uniform(size=(1, 32, 32, 3)).astype(np.float32)
+  for key in ("embedding", "logits"):
+    np.testing.assert_allclose(restored(images)[key], model(images)[key], rtol=1e-6, atol=1e-6)
