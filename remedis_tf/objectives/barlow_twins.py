@@ -1,0 +1,132 @@
+"""Barlow Twins (Zbontar et al., 2021): redundancy reduction of the cross-correlation."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import keras
+import tensorflow as tf
+
+from remedis_tf.models import heads
+from remedis_tf.objectives.base import EncoderFactory, Objective, resolve_replica_context
+
+STANDARDIZE_EPSILON = 1e-5  # as BatchNorm1d(affine=False) in the paper's code
+
+
+@dataclasses.dataclass(frozen=True)
+class BarlowTwinsConfig:
+  """Barlow Twins hyper-parameters (paper defaults).
+
+  Attributes:
+    lambda_offdiag: weight of the off-diagonal (redundancy) term.
+    proj_num_layers, proj_hidden_dim, proj_output_dim: projector (8192-8192-8192).
+  """
+
+  lambda_offdiag: float = 0.0051
+  proj_num_layers: int = 3
+  proj_hidden_dim: int = 8192
+  proj_output_dim: int = 8192
+
+
+def barlow_twins_loss(
+  z1: tf.Tensor,
+  z2: tf.Tensor,
+  lambda_offdiag: float,
+  strategy_or_replica_context: tf.distribute.Strategy | tf.distribute.ReplicaContext | None = None,
+) -> tuple[tf.Tensor, tf.Tensor]:
+  """Barlow Twins loss with batch statistics over all replicas (float32).
+
+  With M the global batch, each feature standardised over the global batch,
+  zn = (z - mean) / sqrt(var + 1e-5) (biased variance), and
+  C = zn1^T zn2 / M (d x d),
+
+    loss = sum_i (1 - C_ii)^2 + lambda * sum_{i != j} C_ij^2.
+
+  Args:
+    z1: (n, d) local projections of view 1.
+    z2: (n, d) local projections of view 2.
+    lambda_offdiag: lambda.
+    strategy_or_replica_context: see `nt_xent_loss`.
+
+  Returns:
+    (loss_r, loss): loss_r = loss / R (this replica's share; sums to loss over
+    replicas, and its gradient flows through the all-reduces), and the global
+    loss (identical on all replicas).
+  """
+  ctx = resolve_replica_context(strategy_or_replica_context)
+  r = ctx.num_replicas_in_sync
+  z1 = tf.cast(z1, tf.float32)
+  z2 = tf.cast(z2, tf.float32)
+  n = tf.cast(tf.shape(z1)[0], tf.float32)
+
+  def all_sum(values: list[tf.Tensor]) -> list[tf.Tensor]:
+    return ctx.all_reduce(tf.distribute.ReduceOp.SUM, values) if r > 1 else values
+
+  def standardize(z: tf.Tensor, total: tf.Tensor) -> tf.Tensor:
+    s, ss = all_sum([tf.reduce_sum(z, axis=0), tf.reduce_sum(tf.square(z), axis=0)])
+    mean = s / total
+    var = tf.maximum(ss / total - tf.square(mean), 0.0)
+    return (z - mean) * tf.math.rsqrt(var + STANDARDIZE_EPSILON)
+
+  (total,) = all_sum([n])
+  c = all_sum([tf.matmul(standardize(z1, total), standardize(z2, total), transpose_a=True)])[0]
+  c = c / total
+  diag = tf.linalg.diag_part(c)
+  on_diag = tf.reduce_sum(tf.square(1.0 - diag))
+  off_diag = tf.reduce_sum(tf.square(c)) - tf.reduce_sum(tf.square(diag))
+  loss = on_diag + lambda_offdiag * off_diag
+  return loss / r, loss
+
+
+class BarlowTwins(Objective):
+  """Barlow Twins; both views go through the encoder and projector as one batch."""
+
+  name = "barlow_twins"
+
+  def __init__(self, config: BarlowTwinsConfig | None = None) -> None:
+    super().__init__()
+    self.config = config or BarlowTwinsConfig()
+
+  def build(
+    self,
+    encoder: keras.Model,
+    embedding_dim: int,
+    encoder_factory: EncoderFactory | None = None,
+  ) -> None:
+    del encoder, encoder_factory
+    c = self.config
+    self.head = heads.build_projection_head(
+      embedding_dim,
+      c.proj_num_layers,
+      c.proj_output_dim,
+      c.proj_hidden_dim,
+      use_bn=True,
+      final_bn=False,
+      name="barlow_twins_projector",
+    )
+    self._built = True
+
+  @property
+  def trainable_networks(self) -> list[keras.Model]:
+    return [self.head]
+
+  @property
+  def projection_head(self) -> keras.Model | None:
+    return self.head
+
+  def checkpoint_items(self) -> dict[str, tf.Module | tf.Variable | keras.Model]:
+    return {"projection_head": self.head}
+
+  def compute_loss(
+    self,
+    encoder: keras.Model,
+    view1: tf.Tensor,
+    view2: tf.Tensor,
+    training: bool,
+  ) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
+    """See `Objective.compute_loss`; metrics: loss."""
+    x = tf.concat([view1, view2], axis=0)
+    z = self.head(encoder(x, training=training)["embedding"], training=training)
+    z1, z2 = tf.split(z[heads.PROJECTION], 2, axis=0)
+    loss_r, loss = barlow_twins_loss(z1, z2, self.config.lambda_offdiag)
+    return loss_r, {"loss": tf.stop_gradient(loss)}

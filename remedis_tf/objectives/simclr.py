@@ -1,0 +1,89 @@
+"""SimCLR (v2): SimCLRv2 projection head + NT-Xent with global-batch negatives."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import keras
+import tensorflow as tf
+
+from remedis_tf.models import heads
+from remedis_tf.objectives.base import EncoderFactory, Objective
+from remedis_tf.objectives.nt_xent import nt_xent_loss
+
+
+@dataclasses.dataclass(frozen=True)
+class SimCLRConfig:
+  """SimCLR hyper-parameters (defaults: SimCLRv2 / REMEDIS).
+
+  Attributes:
+    temperature: NT-Xent temperature.
+    normalize: L2-normalise projections before the similarity.
+    proj_num_layers: layers of the SimCLRv2 projection head.
+    proj_output_dim: projection width.
+    proj_hidden_dim: middle-layer width; None = the encoder embedding width.
+    ft_proj_selector: head layer feeding fine-tuning (0 = encoder embedding).
+  """
+
+  temperature: float = 0.1
+  normalize: bool = True
+  proj_num_layers: int = 3
+  proj_output_dim: int = 128
+  proj_hidden_dim: int | None = None
+  ft_proj_selector: int = 0
+
+
+class SimCLR(Objective):
+  """SimCLR: both views go through encoder and head as one batch of 2n."""
+
+  name = "simclr"
+
+  def __init__(self, config: SimCLRConfig | None = None) -> None:
+    super().__init__()
+    self.config = config or SimCLRConfig()
+    self.head: keras.Model | None = None
+
+  def build(
+    self,
+    encoder: keras.Model,
+    embedding_dim: int,
+    encoder_factory: EncoderFactory | None = None,
+  ) -> None:
+    del encoder, encoder_factory  # SimCLR has no target encoder.
+    c = self.config
+    self.head = heads.build_projection_head(
+      embedding_dim,
+      num_layers=c.proj_num_layers,
+      output_dim=c.proj_output_dim,
+      hidden_dim=c.proj_hidden_dim,
+      use_bn=True,
+      final_bn=True,
+      ft_proj_selector=c.ft_proj_selector,
+      name="simclr_projection_head",
+    )
+    self._built = True
+
+  @property
+  def trainable_networks(self) -> list[keras.Model]:
+    return [self.head]
+
+  @property
+  def projection_head(self) -> keras.Model | None:
+    return self.head
+
+  def checkpoint_items(self) -> dict[str, tf.Module | tf.Variable | keras.Model]:
+    return {"projection_head": self.head}
+
+  def compute_loss(
+    self,
+    encoder: keras.Model,
+    view1: tf.Tensor,
+    view2: tf.Tensor,
+    training: bool,
+  ) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
+    """See `Objective.compute_loss`; metrics: loss, contrast_acc, contrast_entropy."""
+    x = tf.concat([view1, view2], axis=0)
+    h = encoder(x, training=training)["embedding"]
+    z = self.head(h, training=training)[heads.PROJECTION]
+    z1, z2 = tf.split(z, 2, axis=0)
+    return nt_xent_loss(z1, z2, self.config.temperature, normalize=self.config.normalize)
