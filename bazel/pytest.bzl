@@ -21,6 +21,7 @@ def pytest_test(name, src, deps = [], data = [], size = "medium", tags = []):
         args = ["$(location %s)" % src],
         data = ["pyproject.toml", "tests/conftest.py"] + data,
         deps = deps,
+        legacy_create_init = False,
         python_version = "PY3",
         srcs_version = "PY3",
         size = size,
