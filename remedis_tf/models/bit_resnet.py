@@ -200,6 +200,11 @@ class Stage(keras.layers.Layer):
       BottleneckUnit(width, stride if i == 1 else 1, dtype=self.dtype_policy, name=f"unit{i:02d}")
       for i in range(1, units + 1)
     ]
+    # Keras 3 lists are not tf.train.Checkpoint dependencies: also track each
+    # unit as an attribute so `tf.train.Checkpoint(encoder=model)` saves and
+    # restores every variable.
+    for unit in self.unit_layers:
+      setattr(self, unit.name, unit)
 
   def build(self, input_shape: tuple[int | None, ...]) -> None:
     shape = tuple(input_shape)

@@ -1,0 +1,262 @@
+"""Pooled embeddings of every record of a TFRecord dataset.
+
+Any SavedModel in the PhysioNet calling convention works (ours or the
+released ones): images go through `load.SavedModelEncoder` in inference mode
+and the feature map is averaged over space, exactly as in
+`load.load_for_finetuning`. Each record's hashed ids, labels, split and site
+are kept next to its embedding, in record order (files sorted by name).
+
+Outputs:
+  * `.npz`: arrays 'embedding' (N, C) float32 and one array per record field
+    (RECORD_FIELDS), plus 'model' and 'image_size'.
+  * `.tfrecord` (for large sets, written while streaming): one tf.Example per
+    record with 'embedding' (C floats) and the same fields under their schema
+    keys.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from hub_export import load
+from hub_export import metadata as metadata_lib
+from tfrecords_tools import schema
+
+DEFAULT_IMAGE_SIZE = 224
+EMBEDDING_KEY = "embedding"
+
+# npz array name -> schema key, for the per-record fields carried along.
+RECORD_FIELDS = {
+  "source_id": schema.IMAGE_SOURCE_ID,
+  "frame_index": schema.IMAGE_FRAME_INDEX,
+  "patient_id_hash": schema.PATIENT_ID_HASH,
+  "study_id_hash": schema.STUDY_ID_HASH,
+  "sop_instance_hash": schema.SOP_INSTANCE_HASH,
+  "split": schema.SPLIT,
+  "site": schema.SITE,
+  "label": schema.LABEL,
+  "multi_label": schema.MULTI_LABEL,
+  "has_label": schema.HAS_LABEL,
+}
+_STRING_FIELDS = (
+  "source_id",
+  "patient_id_hash",
+  "study_id_hash",
+  "sop_instance_hash",
+  "split",
+  "site",
+)
+
+
+def default_image_size(model_path: str) -> int:
+  """Image side for a SavedModel: its metadata, else its release name, else 224.
+
+  Args:
+    model_path: SavedModel directory; `assets/remedis.json` is read when
+      present, else a basename like "cxr-50x1-remedis-m" gives 448 (chest
+      X-ray) or 224 (pathology).
+  """
+  meta_path = os.path.join(model_path, "assets", metadata_lib.METADATA_FILENAME)
+  if tf.io.gfile.exists(meta_path):
+    with tf.io.gfile.GFile(meta_path) as f:
+      return int(json.load(f).get("pretrain_image_size", DEFAULT_IMAGE_SIZE))
+  parts = metadata_lib.parse_release_name(os.path.basename(os.path.normpath(model_path)))
+  if parts is not None:
+    return metadata_lib.MODALITY_IMAGE_SIZE[parts["modality_key"]]
+  return DEFAULT_IMAGE_SIZE
+
+
+def _num_multi_labels(files: list[str]) -> int:
+  """K of `image/class/multi_label`, read from the first record."""
+  for serialized in tf.data.TFRecordDataset(files[:1]).take(1):
+    return int(schema.parse_example(serialized)[schema.MULTI_LABEL].shape[0])
+  return 0
+
+
+def make_dataset(files: list[str], image_size: int, batch_size: int) -> tf.data.Dataset:
+  """Batches of {'image': (B, S, S, 3) float32 in [0, 1], field: (B, ...)}.
+
+  Images are decoded to 3 channels (grayscale repeated) and resized whole
+  (bilinear, no crop) to S x S unless already that size. Order is the order
+  of `files` and of records within them.
+  """
+  k = _num_multi_labels(files)
+
+  def prepare(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
+    ex = schema.parse_example(serialized, num_multi_labels=k)
+    image = schema.decode_image(ex[schema.IMAGE_ENCODED], channels=3)
+    same = tf.reduce_all(tf.shape(image)[:2] == image_size)
+    image = tf.cond(
+      same,
+      lambda: tf.reshape(image, [image_size, image_size, 3]),
+      lambda: tf.image.resize(image, [image_size, image_size], method="bilinear"),
+    )
+    out = {name: ex[key] for name, key in RECORD_FIELDS.items()}
+    out["image"] = image
+    return out
+
+  ds = tf.data.TFRecordDataset(files)
+  ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def make_embed_fn(model_path: str) -> Callable[[tf.Tensor], tf.Tensor]:
+  """Returns images (B, H, W, 3) -> pooled embedding (B, C), as a tf.function."""
+  encoder = load.SavedModelEncoder(model_path, trainable=False)
+
+  @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)])
+  def embed(images: tf.Tensor) -> tf.Tensor:
+    return tf.reduce_mean(encoder(images, training=False), axis=[1, 2])
+
+  return embed
+
+
+def iterate_embeddings(
+  model_path: str,
+  files: list[str],
+  image_size: int,
+  batch_size: int = 32,
+  log_every: int = 10,
+) -> Iterator[dict[str, np.ndarray]]:
+  """Yields batches {'embedding': (B, C), field: (B, ...)} as NumPy arrays.
+
+  Logs progress (records, images/s) every `log_every` batches.
+  """
+  embed = make_embed_fn(model_path)
+  count, start = 0, time.perf_counter()
+  for step, batch in enumerate(make_dataset(files, image_size, batch_size), start=1):
+    images = batch.pop("image")
+    out = {name: value.numpy() for name, value in batch.items()}
+    out[EMBEDDING_KEY] = embed(images).numpy()
+    count += images.shape[0]
+    if step % log_every == 0:
+      rate = count / max(time.perf_counter() - start, 1e-9)
+      logging.info("Embedded %d records (%.1f images/s).", count, rate)
+    yield out
+  logging.info("Embedded %d records in %.1f s.", count, time.perf_counter() - start)
+
+
+def _decode_strings(values: np.ndarray) -> np.ndarray:
+  return np.array([v.decode("utf-8") for v in values], dtype=str)
+
+
+def write_npz(batches: Iterator[dict[str, np.ndarray]], output: str, **extra: Any) -> int:
+  """Concatenates the batches into one `.npz`; returns the number of records."""
+  parts: dict[str, list[np.ndarray]] = {}
+  for batch in batches:
+    for name, value in batch.items():
+      parts.setdefault(name, []).append(value)
+  if not parts:
+    raise ValueError("No records to embed.")
+  arrays = {name: np.concatenate(values) for name, values in parts.items()}
+  for name in _STRING_FIELDS:
+    arrays[name] = _decode_strings(arrays[name])
+  for name, value in extra.items():
+    arrays[name] = np.asarray(value)
+  buffer = io.BytesIO()  # np.savez needs a seekable file; GFile may not be.
+  np.savez(buffer, **arrays)
+  with tf.io.gfile.GFile(output, "wb") as f:
+    f.write(buffer.getvalue())
+  return int(arrays[EMBEDDING_KEY].shape[0])
+
+
+def _example(row: dict[str, np.ndarray]) -> tf.train.Example:
+  def floats(v: np.ndarray) -> tf.train.Feature:
+    return tf.train.Feature(float_list=tf.train.FloatList(value=np.ravel(v).tolist()))
+
+  def ints(v: np.ndarray) -> tf.train.Feature:
+    return tf.train.Feature(int64_list=tf.train.Int64List(value=np.ravel(v).tolist()))
+
+  def strings(v: bytes) -> tf.train.Feature:
+    return tf.train.Feature(bytes_list=tf.train.BytesList(value=[v]))
+
+  feature = {EMBEDDING_KEY: floats(row[EMBEDDING_KEY])}
+  for name, key in RECORD_FIELDS.items():
+    value = row[name]
+    if name in _STRING_FIELDS:
+      feature[key] = strings(value)
+    elif name == "multi_label":
+      feature[key] = floats(value)
+    else:
+      feature[key] = ints(value)
+  return tf.train.Example(features=tf.train.Features(feature=feature))
+
+
+def write_tfrecord(batches: Iterator[dict[str, np.ndarray]], output: str) -> int:
+  """Streams the batches to a TFRecord of tf.Examples; returns the record count."""
+  count = 0
+  with tf.io.TFRecordWriter(output) as writer:
+    for batch in batches:
+      for i in range(batch[EMBEDDING_KEY].shape[0]):
+        writer.write(_example({k: v[i] for k, v in batch.items()}).SerializeToString())
+        count += 1
+  return count
+
+
+def parse_embedding_example(
+  serialized: tf.Tensor, dim: int, num_multi_labels: int
+) -> dict[str, tf.Tensor]:
+  """Parses one record written by `write_tfrecord`.
+
+  Returns:
+    {'embedding': (dim,), and each RECORD_FIELDS name: its value}.
+  """
+  spec = {EMBEDDING_KEY: tf.io.FixedLenFeature([dim], tf.float32)}
+  for name, key in RECORD_FIELDS.items():
+    if name in _STRING_FIELDS:
+      spec[key] = tf.io.FixedLenFeature([], tf.string)
+    elif name == "multi_label":
+      spec[key] = tf.io.FixedLenFeature([num_multi_labels], tf.float32)
+    else:
+      spec[key] = tf.io.FixedLenFeature([], tf.int64)
+  features = tf.io.parse_single_example(serialized, spec)
+  parsed = {EMBEDDING_KEY: features[EMBEDDING_KEY]}
+  parsed.update({name: features[key] for name, key in RECORD_FIELDS.items()})
+  return parsed
+
+
+def embed_dataset(
+  model_path: str,
+  data: str,
+  output: str,
+  image_size: int | None = None,
+  batch_size: int = 32,
+  log_every: int = 10,
+) -> int:
+  """Embeds every record matching `data` and writes them to `output`.
+
+  Args:
+    model_path: SavedModel directory in the PhysioNet calling convention.
+    data: glob of TFRecord files (tfrecords_tools.schema records).
+    output: ".npz", or ".tfrecord"/".tfrecords" to stream a TFRecord.
+    image_size: side S images are resized to; None uses `default_image_size`.
+    batch_size: images per forward pass.
+    log_every: progress log period in batches.
+
+  Returns:
+    Number of records written.
+
+  Raises:
+    ValueError: no files match `data`, or an unknown output extension.
+  """
+  files = sorted(tf.io.gfile.glob(data))
+  if not files:
+    raise ValueError(f"No files match {data!r}.")
+  if image_size is None:
+    image_size = default_image_size(model_path)
+  logging.info("Embedding %d file(s) with %s at %d px.", len(files), model_path, image_size)
+  batches = iterate_embeddings(model_path, files, image_size, batch_size, log_every)
+  if output.endswith(".npz"):
+    return write_npz(batches, output, model=model_path, image_size=image_size)
+  if output.endswith((".tfrecord", ".tfrecords")):
+    return write_tfrecord(batches, output)
+  raise ValueError(f"Output must end with .npz, .tfrecord or .tfrecords: {output!r}")

@@ -1,0 +1,188 @@
+"""Export a Keras encoder as a reusable TF-Hub SavedModel (PhysioNet format).
+
+The exported object, `obj = hub.load(path)` (or `tf.saved_model.load`), has:
+
+  * `obj(images, training=False)`: images float32 (N, H, W, 3) in [0, 1], any
+    H and W; returns the unpooled feature map (N, H/32, W/32, C), as in the
+    "Medical AI Research Foundations" release. Traced for `training` True and
+    False (the reusable SavedModel API), so `hub.KerasLayer(path,
+    trainable=True)` fine-tunes the whole encoder.
+  * `obj.variables`, `obj.trainable_variables`, `obj.regularization_losses`
+    (empty: weight decay belongs to the fine-tuning optimizer).
+  * signatures `serving_default` (inference) and `serving_training`
+    (training-mode forward pass), each images -> {'embedding': (N, C),
+    'feature_map': (N, H/32, W/32, C)}. With Keras 3,
+    `TFSMLayer(path, call_endpoint="serving_default",
+    call_training_endpoint="serving_training", trainable=True)`.
+  * with a classifier (metadata with label names and a model with 'logits'):
+    signature and function `classify`: images -> {'logits': (N, K),
+    'probabilities': (N, K)}; label names in `assets/labels.txt`.
+  * `assets/remedis.json` (metadata) and `assets/MODEL_CARD.md`.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import keras
+import tensorflow as tf
+
+from hub_export import metadata as metadata_lib
+from hub_export import model_card
+
+FEATURE_MAP = "feature_map"
+EMBEDDING = "embedding"
+LOGITS = "logits"
+PROBABILITIES = "probabilities"
+
+SERVING_SIGNATURE = "serving_default"
+TRAINING_SIGNATURE = "serving_training"
+CLASSIFY_SIGNATURE = "classify"
+IMAGES_ARG = "images"
+LABELS_FILENAME = "labels.txt"
+
+IMAGE_SPEC = tf.TensorSpec([None, None, None, 3], tf.float32, name=IMAGES_ARG)
+
+
+def output_shapes(model: keras.Model) -> dict[str, tf.TensorShape]:
+  """Returns the shapes of the model's output dict for a (1, 64, 64, 3) input.
+
+  Found by tracing, so nothing is computed.
+
+  Raises:
+    ValueError: the model does not return a dict with 'feature_map'.
+  """
+  spec = tf.TensorSpec([1, 64, 64, 3], tf.float32)
+  traced = tf.function(lambda x: model(x, training=False)).get_concrete_function(spec)
+  structured = traced.structured_outputs
+  if not isinstance(structured, dict) or FEATURE_MAP not in structured:
+    raise ValueError(
+      "export_encoder needs a model returning a dict with 'feature_map' "
+      f"(and 'embedding'); got {type(structured).__name__}."
+    )
+  return {k: v.shape for k, v in structured.items()}
+
+
+def _embedding(outputs: dict[str, tf.Tensor]) -> tf.Tensor:
+  if EMBEDDING in outputs:
+    return outputs[EMBEDDING]
+  return tf.reduce_mean(outputs[FEATURE_MAP], axis=[1, 2])
+
+
+def _write_assets(
+  metadata: metadata_lib.ExportMetadata, directory: str
+) -> dict[str, tf.saved_model.Asset]:
+  """Writes the asset files to `directory` and returns them as tracked Assets."""
+  files = {
+    "metadata": (metadata_lib.METADATA_FILENAME, metadata.to_json()),
+    "model_card": (model_card.MODEL_CARD_FILENAME, model_card.render_model_card(metadata)),
+  }
+  if metadata.label_names:
+    files["labels"] = (LABELS_FILENAME, "".join(f"{n}\n" for n in metadata.label_names))
+  assets = {}
+  for key, (filename, text) in files.items():
+    path = os.path.join(directory, filename)
+    with open(path, "w", encoding="utf-8") as f:
+      f.write(text)
+    assets[key] = tf.saved_model.Asset(path)
+  return assets
+
+
+def build_export_object(
+  model: keras.Model, metadata: metadata_lib.ExportMetadata, asset_dir: str
+) -> tuple[tf.train.Checkpoint, dict[str, tf.types.experimental.ConcreteFunction]]:
+  """Builds the trackable root object that `export_encoder` saves.
+
+  Args:
+    model: Keras model mapping images (N, H, W, 3) float32 in [0, 1] to a dict
+      with 'feature_map' (N, H/32, W/32, C), optionally 'embedding' (N, C)
+      (mean-pooled feature map when absent) and 'logits' (N, K).
+    metadata: export metadata; non-empty `label_names` adds the classifier.
+    asset_dir: existing directory where the asset files are written before
+      being copied into the SavedModel.
+
+  Returns:
+    (root object, signatures), ready for `tf.saved_model.save`.
+
+  Raises:
+    ValueError: the model lacks the outputs the metadata asks for.
+  """
+  keys = set(output_shapes(model))
+  with_classifier = bool(metadata.label_names)
+  if with_classifier and LOGITS not in keys:
+    raise ValueError("metadata.label_names is set but the model returns no 'logits'.")
+  if with_classifier and metadata.label_mode not in ("multiclass", "multilabel"):
+    raise ValueError(f"label_mode must be multiclass or multilabel, got {metadata.label_mode!r}")
+
+  @tf.function
+  def call(images: tf.Tensor, training: bool = False) -> tf.Tensor:
+    return model(images, training=training)[FEATURE_MAP]
+
+  def _both_outputs(images: tf.Tensor, training: bool) -> dict[str, tf.Tensor]:
+    outputs = model(images, training=training)
+    return {EMBEDDING: _embedding(outputs), FEATURE_MAP: outputs[FEATURE_MAP]}
+
+  serve = tf.function(lambda images: _both_outputs(images, False), input_signature=[IMAGE_SPEC])
+  serve_training = tf.function(
+    lambda images: _both_outputs(images, True), input_signature=[IMAGE_SPEC]
+  )
+
+  root = tf.train.Checkpoint()
+  root.__call__ = call
+  # Trace both values of `training` (the reusable SavedModel API).
+  for training in (False, True):
+    call.get_concrete_function(IMAGE_SPEC, training=training)
+  root.variables = list(model.variables)
+  root.trainable_variables = list(model.trainable_variables)
+  root.non_trainable_variables = list(model.non_trainable_variables)
+  root.regularization_losses = []
+  root.serve = serve
+  root.serve_training = serve_training
+  signatures = {
+    SERVING_SIGNATURE: serve.get_concrete_function(),
+    TRAINING_SIGNATURE: serve_training.get_concrete_function(),
+  }
+  if with_classifier:
+    activation = tf.nn.softmax if metadata.label_mode == "multiclass" else tf.math.sigmoid
+
+    @tf.function(input_signature=[IMAGE_SPEC])
+    def classify(images: tf.Tensor) -> dict[str, tf.Tensor]:
+      logits = model(images, training=False)[LOGITS]
+      return {LOGITS: logits, PROBABILITIES: activation(logits)}
+
+    root.classify = classify
+    signatures[CLASSIFY_SIGNATURE] = classify.get_concrete_function()
+  root.assets = _write_assets(metadata, asset_dir)
+  return root, signatures
+
+
+def export_encoder(
+  model: keras.Model,
+  export_dir: str,
+  metadata: metadata_lib.ExportMetadata | None = None,
+) -> str:
+  """Saves `model` as a reusable TF-Hub SavedModel in the PhysioNet format.
+
+  Args:
+    model: Keras model (e.g. `remedis_tf.models.build_bit_encoder(...)`)
+      mapping images (N, H, W, 3) float32 in [0, 1] to a dict with
+      'feature_map' (N, H/32, W/32, C), 'embedding' (N, C) and, for a
+      fine-tuned classifier, 'logits' (N, K).
+    export_dir: SavedModel directory to create (overwritten if it exists).
+    metadata: written to `assets/remedis.json` and the model card. Defaults
+      to metadata named after the directory's basename (a release name such
+      as "cxr-50x1-remedis-m" fills modality, depth, width and image size).
+      Non-empty `label_names` exports the classifier.
+
+  Returns:
+    `export_dir`.
+  """
+  if metadata is None:
+    name = os.path.basename(os.path.normpath(export_dir))
+    feature_dim = int(output_shapes(model)[FEATURE_MAP][-1])
+    metadata = metadata_lib.metadata_for(name, feature_dim=feature_dim)
+  with tempfile.TemporaryDirectory() as asset_dir:
+    root, signatures = build_export_object(model, metadata, asset_dir)
+    tf.saved_model.save(root, export_dir, signatures=signatures)
+  return export_dir
