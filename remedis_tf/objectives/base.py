@@ -15,7 +15,7 @@ Life cycle, as the training loop drives it::
         v for net in objective.trainable_networks for v in net.trainable_variables]
     opt.build(variables)  # Keras optimizers must be built before the first strategy.run
     ckpt = tf.train.Checkpoint(encoder=encoder, optimizer=opt,
-                               **objective.checkpoint_items())
+                               objective=tf.train.Checkpoint(**objective.checkpoint_items()))
 
   @tf.function
   def train_step(view1, view2):           # per-replica batches

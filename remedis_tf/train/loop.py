@@ -1,0 +1,195 @@
+"""The custom training loop shared by pretraining and fine-tuning.
+
+One compiled call runs `steps_per_loop` steps, each `strategy.run(replica_step)`
+on the next distributed batch, then increments the global step. The SIGTERM
+flag of this process goes in as an argument and comes back all-reduced (MAX)
+over replicas, so every worker sees the same stop decision after the same
+step. Checkpoints are written every `checkpoint_steps`, at the end, and after
+a stop request.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from remedis_tf.train.checkpointing import Checkpointer
+from remedis_tf.train.preemption import PreemptionWatcher
+from remedis_tf.train.progress import Progress, write_scalars
+
+ReplicaStep = Callable[[Any], Mapping[str, tf.Tensor]]
+
+
+@dataclasses.dataclass
+class LoopResult:
+  """What a training loop did.
+
+  Attributes:
+    start_step: global step when the loop started (after resume).
+    final_step: global step when it ended.
+    preempted: stopped early because of a stop request (SIGTERM).
+    last_metrics: metrics of the last step, as floats.
+    loss_history: (step, loss) of every step this run executed.
+    images_per_second: steady-state throughput (first interval excluded).
+    checkpoint: path of the last checkpoint written (None if none).
+  """
+
+  start_step: int
+  final_step: int
+  preempted: bool
+  last_metrics: dict[str, float]
+  loss_history: list[tuple[int, float]]
+  images_per_second: float
+  checkpoint: str | None
+
+
+def make_train_function(
+  strategy: tf.distribute.Strategy,
+  replica_step: ReplicaStep,
+  step: tf.Variable,
+  steps_per_loop: int,
+  jit_compile: bool = False,
+) -> Callable[[Iterator, tf.Tensor], tuple[dict[str, tf.Tensor], tf.Tensor]]:
+  """Builds `train(iterator, stop_flag) -> (metrics, stop)` as a tf.function.
+
+  Args:
+    strategy: the distribution strategy.
+    replica_step: per-replica step on one per-replica batch; returns float32
+      metrics already averaged over the global batch (the Objective
+      convention), so replica 0's values are reported.
+    step: int64 global-step variable (incremented once per step).
+    steps_per_loop: steps per call (unrolled).
+    jit_compile: XLA-compile `replica_step`.
+
+  Returns:
+    The compiled function. `stop_flag` is a float32 scalar (1.0 = this
+    process wants to stop); the returned `stop` is its sum over all replicas (> 0: stop).
+  """
+  if jit_compile:
+    replica_step = tf.function(replica_step, jit_compile=True, reduce_retracing=True)
+
+  def last_step(batch: Any, flag: tf.Tensor) -> tuple[Mapping[str, tf.Tensor], tf.Tensor]:
+    metrics = replica_step(batch)
+    # The flag is summed with this step's collectives; tf.identity places it
+    # on the replica's device (a bare function input has no device).
+    stop = tf.distribute.get_replica_context().all_reduce(
+      tf.distribute.ReduceOp.SUM, tf.identity(flag)
+    )
+    return metrics, stop
+
+  @tf.function
+  def train(iterator: Iterator, stop_flag: tf.Tensor):
+    for _ in range(steps_per_loop - 1):
+      strategy.run(replica_step, args=(next(iterator),))
+      step.assign_add(1)
+    per_replica, stop = strategy.run(last_step, args=(next(iterator), stop_flag))
+    step.assign_add(1)
+    local = lambda v: strategy.experimental_local_results(v)[0]
+    return {k: local(v) for k, v in per_replica.items()}, local(stop)
+
+  return train
+
+
+def _crossed(period: int, previous: int, current: int) -> bool:
+  """Whether a multiple of `period` lies in (previous, current]."""
+  return period > 0 and current // period > previous // period
+
+
+def run_loop(
+  *,
+  strategy: tf.distribute.Strategy,
+  replica_step: ReplicaStep,
+  iterator: Iterator,
+  step: tf.Variable,
+  total_steps: int,
+  global_batch_size: int,
+  checkpointer: Checkpointer,
+  checkpoint_steps: int,
+  writer: tf.summary.SummaryWriter,
+  steps_per_loop: int = 1,
+  jit_compile: bool = False,
+  log_every_steps: int = 10,
+  summary_every_steps: int = 10,
+  learning_rate: Callable[[int], float] | None = None,
+  watcher: PreemptionWatcher | None = None,
+) -> LoopResult:
+  """Trains from `step` to `total_steps` (see the module docstring).
+
+  Args:
+    strategy: the distribution strategy.
+    replica_step: see `make_train_function`.
+    iterator: iterator over the distributed dataset.
+    step: int64 global-step variable, already restored.
+    total_steps: step to stop at.
+    global_batch_size: images per step (for images/s).
+    checkpointer: saves checkpoints (every worker calls save).
+    checkpoint_steps: save every this many steps (0 = only at the end).
+    writer: summary writer (no-op on non-chief workers).
+    steps_per_loop: steps per compiled call; checkpoints, logs and stop
+      checks happen on call boundaries.
+    jit_compile: XLA-compile the replica step.
+    log_every_steps: progress-line period.
+    summary_every_steps: TensorBoard period.
+    learning_rate: step -> learning rate, for summaries.
+    watcher: stop requests (SIGTERM); None never stops early.
+
+  Returns:
+    A LoopResult.
+  """
+  start = int(step.numpy())
+  progress = Progress(total_steps, global_batch_size, start)
+  train = make_train_function(strategy, replica_step, step, steps_per_loop, jit_compile)
+  train_short = None
+  history: list[tuple[int, float]] = []
+  last: dict[str, float] = {}
+  saved: str | None = None
+  saved_step = start
+  preempted = False
+  current = start
+  while current < total_steps:
+    n = min(steps_per_loop, total_steps - current)
+    flag = tf.constant(1.0 if watcher is not None and watcher.requested else 0.0)
+    if n == steps_per_loop:
+      metrics, stop = train(iterator, flag)
+    else:
+      train_short = train_short or make_train_function(strategy, replica_step, step, n, jit_compile)
+      metrics, stop = train_short(iterator, flag)
+    previous, current = current, int(step.numpy())
+    last = {k: float(np.asarray(v)) for k, v in metrics.items()}
+    if not np.isfinite(last.get("loss", 0.0)):
+      raise FloatingPointError(f"Loss became {last['loss']} at step {current}.")
+    history.append((current, last.get("loss", float("nan"))))
+    scalars = dict(last)
+    if learning_rate is not None:
+      scalars["learning_rate"] = float(learning_rate(current))
+    if (
+      _crossed(log_every_steps, previous, current) or current == total_steps or current == start + n
+    ):
+      progress.update(current, scalars)
+    if _crossed(summary_every_steps, previous, current) or current == total_steps:
+      write_scalars(writer, current, scalars, prefix="train/")
+      write_scalars(writer, current, {"images_per_second": progress.last_images_per_second})
+    if float(stop) > 0:
+      preempted = True
+      break
+    if _crossed(checkpoint_steps, previous, current) and current < total_steps:
+      saved, saved_step = checkpointer.save(current), current
+  # The same decision on every worker (saving is collective).
+  if current > saved_step:
+    saved = checkpointer.save(current)
+  elif saved is None:
+    saved = tf.train.latest_checkpoint(checkpointer.model_dir)
+  writer.flush()
+  return LoopResult(
+    start_step=start,
+    final_step=current,
+    preempted=preempted,
+    last_metrics=last,
+    loss_history=history,
+    images_per_second=progress.images_per_second_steady,
+    checkpoint=saved,
+  )

@@ -1,0 +1,115 @@
+"""Fine-tuning from each kind of start, then evaluation checked against scikit-learn."""
+
+import json
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from remedis_tf import models
+from remedis_tf.train.evaluate import EvaluateConfig, evaluate
+from remedis_tf.train.finetune import FinetuneConfig, finetune, hyperrule_schedule
+from remedis_tf.train.pretrain import PretrainConfig, pretrain
+
+TINY = dict(encoder="bit-tiny", image_size=32, global_batch_size=4)
+
+
+def test_hyperrule_schedule_follows_bit():
+  assert hyperrule_schedule(5_000) == hyperrule_schedule(19_999)
+  small = hyperrule_schedule(100)
+  assert (small.warmup_steps, small.decay_steps, small.total_steps) == (100, (200, 300, 400), 500)
+  assert hyperrule_schedule(100_000).total_steps == 10_000
+  assert hyperrule_schedule(10**6).total_steps == 20_000
+  custom = hyperrule_schedule(100, train_steps=1000)
+  assert custom.decay_steps == (300, 600, 900) and custom.warmup_steps == 50
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_finetune_from_each_start_and_evaluate(tmp_path):
+  from train_testdata import write_multiclass, write_multilabel  # helper module next to the tests
+
+  mc = write_multiclass(str(tmp_path / "mc"), num_shards=1, per_shard=8)
+  ml = write_multilabel(str(tmp_path / "ml"), n=12, k=3)
+
+  # 1. From our pretraining checkpoint (a model_dir), multi-class, label fraction.
+  pre = pretrain(
+    PretrainConfig(
+      train_data=mc, model_dir=str(tmp_path / "pre"), train_steps=1, image_summaries=False, **TINY
+    )
+  )
+  r1 = finetune(
+    FinetuneConfig(
+      train_data=mc,
+      model_dir=str(tmp_path / "ft_ckpt"),
+      init_from=str(tmp_path / "pre"),
+      train_steps=2,
+      label_fraction=0.7,
+      **TINY,
+    )
+  )
+  assert r1["initialized_from"].startswith("checkpoint:") and r1["final_step"] == 2
+  assert r1["label_mode"] == "multi_class" and r1["num_classes"] == 2
+  assert pre["final_step"] == 1
+
+  # 2. From a BiT .npz, multi-label with class weights and a frozen stem.
+  enc = models.build_encoder_by_name("bit-tiny")
+  models.save_bit_checkpoint(enc, str(tmp_path / "bit.npz"))
+  r2 = finetune(
+    FinetuneConfig(
+      train_data=ml,
+      model_dir=str(tmp_path / "ft_npz"),
+      init_from=str(tmp_path / "bit.npz"),
+      train_steps=2,
+      freeze_up_to="block1",
+      class_weights=(1.0, 2.0, 1.0),
+      learning_rate=0.1,
+      **TINY,
+    )
+  )
+  assert r2["initialized_from"].startswith("bit_npz:") and r2["label_mode"] == "multi_label"
+  assert np.isfinite(r2["metrics"]["loss"])
+
+  # 3. From a hub SavedModel, linear evaluation.
+  from hub_export.export import export_encoder
+
+  export_encoder(enc, str(tmp_path / "hub"))
+  r3 = finetune(
+    FinetuneConfig(
+      train_data=mc,
+      model_dir=str(tmp_path / "ft_hub"),
+      init_from=str(tmp_path / "hub"),
+      train_steps=2,
+      freeze_up_to="all",
+      **TINY,
+    )
+  )
+  assert r3["initialized_from"].startswith("saved_model:") and r3["final_step"] == 2
+
+  # Evaluate the multi-label model; AUROC vs sklearn on the saved predictions.
+  out = tmp_path / "eval.json"
+  res = evaluate(
+    EvaluateConfig(
+      data=ml,
+      model_dir=str(tmp_path / "ft_npz"),
+      output_json=str(out),
+      predictions_npz=str(tmp_path / "pred.npz"),
+      num_bootstrap=200,
+    )
+  )
+  pred = np.load(tmp_path / "pred.npz")
+  y, p = pred["labels"], pred["probabilities"]
+  assert y.shape == (12, 3) and res["n_examples"] == 12 and res["n_patients"] == 6
+  for k, name in enumerate(["c0", "c1", "c2"]):
+    m = y[:, k] >= 0
+    got = res["auroc"]["per_label"][name]
+    if len(np.unique(y[m, k])) == 2:
+      assert got["value"] == pytest.approx(roc_auc_score(y[m, k], p[m, k]), abs=1e-9)
+      assert got["ci_low"] <= got["value"] <= got["ci_high"]
+  assert json.loads(out.read_text())["auroc"]["macro"]["value"] == pytest.approx(
+    res["auroc"]["macro"]["value"]
+  )
+
+  # The SavedModel-started model evaluates too (encoder rebuilt from the SavedModel).
+  res3 = evaluate(EvaluateConfig(data=mc, model_dir=str(tmp_path / "ft_hub"), num_bootstrap=50))
+  assert res3["n_examples"] == 8

@@ -1,0 +1,57 @@
+"""Two remedis-pretrain processes under MultiWorkerMirroredStrategy on localhost."""
+
+import json
+import os
+
+import pytest
+
+from remedis_tf.train.pretrain import PretrainConfig, pretrain
+
+COMMON = dict(
+  encoder="bit-tiny", train_steps=3, global_batch_size=8, image_size=32, objective="simclr", seed=3
+)
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_two_workers_match_each_other_and_single_process(tmp_path):
+  from train_testdata import cli, free_ports, write_multiclass  # helper module next to the tests
+
+  data = write_multiclass(str(tmp_path / "data"), num_shards=2, per_shard=4)
+  ports = free_ports(2)
+  cluster = {"worker": [f"localhost:{p}" for p in ports]}
+  procs, outputs = [], []
+  for i in range(2):
+    out = str(tmp_path / f"worker{i}.json")
+    outputs.append(out)
+    args = [
+      f"--train_data={data}",
+      f"--model_dir={tmp_path / 'mw'}",
+      "--strategy=multi_worker",
+      f"--results_json={out}",
+      "--checkpoint_steps=2",
+      "--log_every_steps=1",
+    ]
+    args += [f"--{k}={v}" for k, v in COMMON.items()]
+    procs.append(
+      cli("remedis-pretrain", args, {"cluster": cluster, "task": {"type": "worker", "index": i}})
+    )
+  logs = [p.communicate(timeout=240)[0] for p in procs]
+  for p, log in zip(procs, logs, strict=True):
+    assert p.returncode == 0, log[-3000:]
+  r0, r1 = (json.load(open(o)) for o in outputs)
+  assert r0["num_replicas"] == 2 and r0["final_step"] == 3 and r1["final_step"] == 3
+  assert r0["is_chief"] and not r1["is_chief"]
+  assert r0["encoder_weights"]["sha256"] == r1["encoder_weights"]["sha256"]
+  assert r0["loss_history"] == r1["loss_history"]
+  # Only the chief wrote into model_dir; the worker's scratch dir is gone.
+  assert os.path.exists(tmp_path / "mw" / "ckpt-3.index")
+  assert not os.path.exists(tmp_path / "mw" / ".workers" / "worker_1")
+  # Single process on the same global batch (both shards = all 8 records of epoch 0).
+  single = pretrain(
+    PretrainConfig(
+      train_data=data, model_dir=str(tmp_path / "single"), image_summaries=False, **COMMON
+    )
+  )
+  assert single["num_replicas"] == 1
+  assert r0["loss_history"][0][1] == pytest.approx(single["loss_history"][0][1], rel=1e-4)
