@@ -4,11 +4,13 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.remedis-installed
+BEAM_VENV := .venv-beam
+BEAM_STAMP := $(BEAM_VENV)/.remedis-installed
 RESULTS := .test-results
 DEMO_DIR ?= demo_output
 PYTEST_WORKERS ?= 2
 
-.PHONY: venv test test-fast demo bazel-build bazel-test lint format clean
+.PHONY: venv beam-venv test test-fast demo bazel-build bazel-test lint format clean
 
 venv: $(STAMP)
 
@@ -19,10 +21,23 @@ $(STAMP): requirements.lock pyproject.toml
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps -e .
 	@touch $@
 
-# The README's test command: the whole pytest suite (unit, slow, integration).
-test: $(STAMP)
+# Apache Beam needs protobuf < 7, so its pipeline test runs in a second venv.
+beam-venv: $(BEAM_STAMP)
+
+$(BEAM_STAMP): requirements-beam.lock
+	@test -x $(BEAM_VENV)/bin/python || $(PYTHON) -m venv $(BEAM_VENV)
+	$(BEAM_VENV)/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
+	$(BEAM_VENV)/bin/python -m pip install -q --disable-pip-version-check -r requirements-beam.lock
+	@touch $@
+
+# The README's test command: the whole pytest suite (unit, slow, integration),
+# then the Beam DirectRunner test in the Beam venv.
+test: $(STAMP) $(BEAM_STAMP)
 	@mkdir -p $(RESULTS)
-	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile --junitxml=$(RESULTS)/pytest.xml tests
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile --junitxml=$(RESULTS)/pytest.xml \
+	  --ignore=tests/beam_pipeline_test.py tests
+	PYTHONPATH=$(CURDIR) $(BEAM_VENV)/bin/python -m pytest -p no:cacheprovider \
+	  --junitxml=$(RESULTS)/pytest-beam.xml tests/beam_pipeline_test.py
 
 # Fast unit tests only (what Bazel runs).
 test-fast: $(STAMP)

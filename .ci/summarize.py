@@ -1,6 +1,6 @@
 """Sums pytest's and Bazel's JUnit XML results into the line CI reads last.
 
-Usage: summarize.py PYTEST_XML BAZEL_TESTLOGS_DIR
+Usage: summarize.py PYTEST_XML [PYTEST_XML ...] BAZEL_TESTLOGS_DIR
 
 Each Bazel py_test runs pytest with --junitxml=$XML_OUTPUT_FILE, so
 bazel-testlogs/**/test.xml holds one <testcase> per test function too.
@@ -35,15 +35,16 @@ def count(paths: list[str]) -> tuple[int, int, int]:
 
 
 def main() -> int:
-  pytest_xml, testlogs = sys.argv[1], sys.argv[2]
-  py = count([pytest_xml] if os.path.exists(pytest_xml) else [])
+  *pytest_xmls, testlogs = sys.argv[1:]
+  missing = [p for p in pytest_xmls if not os.path.exists(p)]
+  py = count([p for p in pytest_xmls if os.path.exists(p)])
   bz = count(sorted(glob.glob(os.path.join(testlogs, "**", "test.xml"), recursive=True)))
   print(f"pytest (make test): {py[0]} passed, {py[1]} failed, {py[2]} skipped")
   print(f"bazel test //...:   {bz[0]} passed, {bz[1]} failed, {bz[2]} skipped")
   passed, failed, skipped = py[0] + bz[0], py[1] + bz[1], py[2] + bz[2]
-  if not os.path.exists(pytest_xml):
+  for path in missing:
     failed += 1
-    print("pytest wrote no results")
+    print(f"no results at {path}")
   print(f"{passed} passed, {failed} failed, {skipped} skipped")
   return 0 if failed == 0 and passed > 0 else 1
 

@@ -22,7 +22,10 @@ patient, study and SOP instance ids are stored, never the raw values.
 
 from __future__ import annotations
 
-import tensorflow as tf
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # TensorFlow is imported lazily so that the key constants
+  import tensorflow as tf  # can be used by TF-free converter worker processes.
 
 # Image payload.
 IMAGE_ENCODED = "image/encoded"  # PNG bytes; 16-bit grayscale for monochrome DICOM.
@@ -74,6 +77,8 @@ def feature_spec(num_multi_labels: int | None = None) -> dict[str, object]:
       multi-label vector is parsed as a variable-length feature (dense, padded
       with -1) instead of a fixed-length one.
   """
+  import tensorflow as tf  # Lazy: see the module imports.
+
   string = lambda: tf.io.FixedLenFeature([], tf.string, default_value=b"")
   int64 = lambda d=0: tf.io.FixedLenFeature([], tf.int64, default_value=d)
   float32 = lambda: tf.io.FixedLenFeature([], tf.float32, default_value=float("nan"))
@@ -122,6 +127,8 @@ def parse_example(
 
   The image stays encoded; decode with `decode_image`.
   """
+  import tensorflow as tf
+
   return tf.io.parse_single_example(serialized, feature_spec(num_multi_labels))
 
 
@@ -135,6 +142,8 @@ def decode_image(encoded: tf.Tensor, channels: int = 0) -> tf.Tensor:
     encoded: scalar string tensor, the `image/encoded` value.
     channels: 0 keeps the stored channels; 1 or 3 converts.
   """
+  import tensorflow as tf
+
   image = tf.io.decode_png(encoded, channels=channels, dtype=tf.uint16)
   # decode_png with dtype=uint16 scales 8-bit data to the 16-bit range
   # (v * 257), so one division covers both bit depths exactly.
