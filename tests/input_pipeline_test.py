@@ -131,6 +131,22 @@ def test_pretrain_views_are_seeded_by_seed_example_and_epoch(tmp_path):
   assert not np.allclose(batch["view1"].numpy(), batch["view2"].numpy())
 
 
+def test_shuffled_pipeline_works_after_global_seed_zero(tmp_path):
+  # Regression: a tensor-valued shuffle seed failed once tf.random.set_seed(0)
+  # had been called anywhere in the process.
+  _tiny_shards(tmp_path, 2, 3, size=16)
+  files = str(tmp_path / "*.tfrecord")
+  tf.random.set_seed(0)
+  try:
+    ds = make_pretrain_dataset(
+      files, batch_size=3, image_size=8, preset="cxr", seed=5, repeat=2, shuffle_buffer=16
+    )
+    epochs = sorted(int(e) for batch in ds for e in batch["epoch"].numpy())
+  finally:
+    tf.random.set_seed(None)
+  assert epochs == [0] * 6 + [1] * 6
+
+
 def test_multi_label_and_multi_class_labels(tmp_path):
   rng = np.random.default_rng(0)
   vectors = [[1.0, 0.0, -1.0], [-1.0, -1.0, -1.0], [0.0, 1.0, 1.0]]

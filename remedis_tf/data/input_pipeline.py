@@ -236,20 +236,22 @@ def _parsed_records(
 def _epochs(
   ds: tf.data.Dataset, *, repeat: bool | int, shuffle_buffer: int, seed: int
 ) -> tf.data.Dataset:
-  """Repeats `ds`, shuffling each epoch with its own seed and tagging 'epoch'."""
+  """Repeats `ds`, tagging each element with its 'epoch', then shuffles.
+
+  The shuffle runs over the repeated stream with a Python-int seed, so the
+  order is deterministic for a seed and differs between epochs (the buffer
+  state carries over). A tensor-valued seed is avoided on purpose: with a
+  global seed of 0, `Dataset.shuffle` evaluates a symbolic seed as a Python
+  bool and fails inside `flat_map`.
+  """
   if repeat is True:
     epochs = tf.data.Dataset.counter()
   else:
     epochs = tf.data.Dataset.range(1 if repeat is False else int(repeat))
-
-  def one_epoch(epoch):
-    d = ds
-    if shuffle_buffer > 1:
-      epoch_seed = seeds.fold_in(seeds.make_seed(seed), epoch)[0]
-      d = d.shuffle(shuffle_buffer, seed=epoch_seed, reshuffle_each_iteration=False)
-    return d.map(lambda ex: {**ex, "epoch": epoch})
-
-  return epochs.flat_map(one_epoch)
+  d = epochs.flat_map(lambda epoch: ds.map(lambda ex: {**ex, "epoch": epoch}))
+  if shuffle_buffer > 1:
+    d = d.shuffle(shuffle_buffer, seed=int(seed) % (2**31 - 1), reshuffle_each_iteration=False)
+  return d
 
 
 def _options(deterministic: bool) -> tf.data.Options:
