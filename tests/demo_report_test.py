@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from remedis_tf.demo import report
+from remedis_tf.demo import report, study_report
 
 
 def test_summarize_curve_matches_numpy_t_interval():
@@ -60,3 +60,38 @@ def test_plot_and_table(tmp_path):
   table = report.curve_table(curves)
   assert table.splitlines()[0] == "| labels | REMEDIS | baseline |"
   assert "| 8 | 0.725" in table
+
+
+def test_plot_with_reference_lines(tmp_path):
+  path = str(tmp_path / "ood.png")
+  curves = {"REMEDIS": {8: [0.7]}, "baseline": {8: [0.6], 32: [0.65]}}
+  report.plot_curves(path, "site B", curves, references={"zero-shot": 0.55, "undefined": math.nan})
+  with Image.open(path) as im:
+    assert im.format == "PNG"
+
+
+def _run(method, n, seed, site_metrics, all_labels=False):
+  return {
+    "method": method,
+    "n_labels": n,
+    "seed": seed,
+    "all_labels": all_labels,
+    "metrics": {
+      site: {"auroc": {"opacity": auc}, "macro_auroc": auc} for site, auc in site_metrics.items()
+    },
+  }
+
+
+def test_study_report_curves_skip_undefined_auroc_and_read_zero_shot():
+  runs = [
+    _run("remedis", 16, 0, {"siteA": 0.7}),
+    _run("remedis", 16, 1, {"siteA": math.nan}),
+    _run("baseline", 16, 0, {"siteA": 0.6}),
+    _run("remedis", 100, 0, {"siteA": 0.9, "siteB": 0.8}, all_labels=True),
+    _run("baseline", 100, 0, {"siteA": 0.85, "siteB": 0.5}, all_labels=True),
+  ]
+  assert study_report.build_curve(runs, "remedis", "siteA", "opacity") == {16: [0.7], 100: [0.9]}
+  assert study_report.build_curve(runs, "baseline", "siteB", "macro") == {100: [0.5]}
+  zero_shot = study_report._zero_shot(runs, "opacity")
+  assert zero_shot["remedis"] == {"values": [0.8], "mean": 0.8}
+  assert zero_shot["baseline"]["mean"] == 0.5

@@ -110,8 +110,25 @@ def data_efficiency(remedis: Curve, baseline: Curve) -> dict[str, object]:
   }
 
 
-def plot_curves(path: str, title: str, curves: Mapping[str, Curve], ylabel: str = "AUROC") -> None:
-  """Writes a PNG of mean AUROC (with 95% interval bands) against label count."""
+def plot_curves(
+  path: str,
+  title: str,
+  curves: Mapping[str, Curve],
+  ylabel: str = "AUROC",
+  references: Mapping[str, float] | None = None,
+  xlabel: str = "labeled training images",
+) -> None:
+  """Writes a PNG of mean AUROC (with 95% interval bands) against label count.
+
+  Args:
+    path: PNG file to write.
+    title: plot title.
+    curves: name -> curve.
+    ylabel: y-axis label.
+    references: name -> value drawn as a dashed horizontal line (e.g. a
+      zero-shot AUROC, which has no label count); non-finite values skipped.
+    xlabel: x-axis label.
+  """
   import matplotlib  # noqa: PLC0415 - keep matplotlib out of import time
 
   matplotlib.use("Agg")
@@ -122,12 +139,15 @@ def plot_curves(path: str, title: str, curves: Mapping[str, Curve], ylabel: str 
     s = summarize_curve(curve)
     ax.plot(s.n_labels, s.mean, marker="o", label=f"{name} (seeds={s.seeds})")
     ax.fill_between(s.n_labels, s.low, s.high, alpha=0.2)
+  for i, (name, value) in enumerate((references or {}).items()):
+    if math.isfinite(value):
+      ax.axhline(value, linestyle="--", linewidth=1.0, color=f"C{i}", label=name)
   ax.set_xscale("log")
-  ax.set_xlabel("labeled training images")
+  ax.set_xlabel(xlabel)
   ax.set_ylabel(ylabel)
   ax.set_title(title)
   ax.grid(True, which="both", alpha=0.3)
-  ax.legend(loc="lower right")
+  ax.legend(loc="lower right", fontsize="small")
   fig.tight_layout()
   fig.savefig(path, format="png")
   plt.close(fig)

@@ -8,7 +8,11 @@ import keras
 import tensorflow as tf
 
 from remedis_tf.models import heads
-from remedis_tf.objectives.base import EncoderFactory, Objective, resolve_replica_context
+from remedis_tf.objectives.base import (
+  EncoderFactory,
+  ProjectionHeadObjective,
+  resolve_replica_context,
+)
 
 STANDARDIZE_EPSILON = 1e-5  # as BatchNorm1d(affine=False) in the paper's code
 
@@ -78,7 +82,7 @@ def barlow_twins_loss(
   return loss / r, loss
 
 
-class BarlowTwins(Objective):
+class BarlowTwins(ProjectionHeadObjective):
   """Barlow Twins; both views go through the encoder and projector as one batch."""
 
   name = "barlow_twins"
@@ -106,17 +110,6 @@ class BarlowTwins(Objective):
     )
     self._built = True
 
-  @property
-  def trainable_networks(self) -> list[keras.Model]:
-    return [self.head]
-
-  @property
-  def projection_head(self) -> keras.Model | None:
-    return self.head
-
-  def checkpoint_items(self) -> dict[str, tf.Module | tf.Variable | keras.Model]:
-    return {"projection_head": self.head}
-
   def compute_loss(
     self,
     encoder: keras.Model,
@@ -125,8 +118,6 @@ class BarlowTwins(Objective):
     training: bool,
   ) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
     """See `Objective.compute_loss`; metrics: loss."""
-    x = tf.concat([view1, view2], axis=0)
-    z = self.head(encoder(x, training=training)["embedding"], training=training)
-    z1, z2 = tf.split(z[heads.PROJECTION], 2, axis=0)
+    z1, z2 = self.project_views(encoder, view1, view2, training)
     loss_r, loss = barlow_twins_loss(z1, z2, self.config.lambda_offdiag)
     return loss_r, {"loss": tf.stop_gradient(loss)}

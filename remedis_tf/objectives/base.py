@@ -62,6 +62,8 @@ from collections.abc import Callable, Mapping
 import keras
 import tensorflow as tf
 
+from remedis_tf.models import heads
+
 EncoderFactory = Callable[[], keras.Model]
 
 
@@ -162,6 +164,49 @@ class Objective(abc.ABC):
     step, in the same replica context as `compute_loss`. Objectives without
     such state do nothing.
     """
+
+
+class ProjectionHeadObjective(Objective):
+  """An objective whose only extra network is one projection head, `self.head`.
+
+  SimCLR, Barlow Twins and ReLIC share this shape: both views go through the
+  encoder as one batch, then through the head; only the loss differs.
+  """
+
+  def __init__(self) -> None:
+    super().__init__()
+    self.head: keras.Model | None = None
+
+  @property
+  def trainable_networks(self) -> list[keras.Model]:
+    return [self.head]
+
+  @property
+  def projection_head(self) -> keras.Model | None:
+    return self.head
+
+  def checkpoint_items(self) -> dict[str, tf.Module | tf.Variable | keras.Model]:
+    return {"projection_head": self.head}
+
+  def project_views(
+    self, encoder: keras.Model, view1: tf.Tensor, view2: tf.Tensor, training: bool
+  ) -> tuple[tf.Tensor, tf.Tensor]:
+    """Projections (n, d) of both views, computed in one encoder/head call.
+
+    Args:
+      encoder: the online encoder.
+      view1: float32 (n, H, W, 3) first views.
+      view2: float32 (n, H, W, 3) second views.
+      training: passed to the encoder and head.
+
+    Returns:
+      (z1, z2), each (n, d): the head's `projection` output for each view.
+    """
+    x = tf.concat([view1, view2], axis=0)
+    h = encoder(x, training=training)["embedding"]
+    z = self.head(h, training=training)[heads.PROJECTION]
+    z1, z2 = tf.split(z, 2, axis=0)
+    return z1, z2
 
 
 def num_replicas(replica_context: tf.distribute.ReplicaContext | None = None) -> int:

@@ -8,7 +8,11 @@ import keras
 import tensorflow as tf
 
 from remedis_tf.models import heads
-from remedis_tf.objectives.base import EncoderFactory, Objective, resolve_replica_context
+from remedis_tf.objectives.base import (
+  EncoderFactory,
+  ProjectionHeadObjective,
+  resolve_replica_context,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,7 +94,7 @@ def relic_loss(
   return local_loss / r, dict(zip(names, values, strict=True))
 
 
-class ReLIC(Objective):
+class ReLIC(ProjectionHeadObjective):
   """ReLIC; both views go through encoder and head as one batch of 2n."""
 
   name = "relic"
@@ -116,17 +120,6 @@ class ReLIC(Objective):
     )
     self._built = True
 
-  @property
-  def trainable_networks(self) -> list[keras.Model]:
-    return [self.head]
-
-  @property
-  def projection_head(self) -> keras.Model | None:
-    return self.head
-
-  def checkpoint_items(self) -> dict[str, tf.Module | tf.Variable | keras.Model]:
-    return {"projection_head": self.head}
-
   def compute_loss(
     self,
     encoder: keras.Model,
@@ -135,7 +128,5 @@ class ReLIC(Objective):
     training: bool,
   ) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
     """See `Objective.compute_loss`; metrics: loss, contrastive, invariance, contrast_acc."""
-    x = tf.concat([view1, view2], axis=0)
-    z = self.head(encoder(x, training=training)["embedding"], training=training)
-    z1, z2 = tf.split(z[heads.PROJECTION], 2, axis=0)
+    z1, z2 = self.project_views(encoder, view1, view2, training)
     return relic_loss(z1, z2, self.config.temperature, self.config.alpha)

@@ -8,7 +8,7 @@ import keras
 import tensorflow as tf
 
 from remedis_tf.models import heads
-from remedis_tf.objectives.base import EncoderFactory, Objective
+from remedis_tf.objectives.base import EncoderFactory, ProjectionHeadObjective
 from remedis_tf.objectives.nt_xent import nt_xent_loss
 
 
@@ -33,7 +33,7 @@ class SimCLRConfig:
   ft_proj_selector: int = 0
 
 
-class SimCLR(Objective):
+class SimCLR(ProjectionHeadObjective):
   """SimCLR: both views go through encoder and head as one batch of 2n."""
 
   name = "simclr"
@@ -41,7 +41,6 @@ class SimCLR(Objective):
   def __init__(self, config: SimCLRConfig | None = None) -> None:
     super().__init__()
     self.config = config or SimCLRConfig()
-    self.head: keras.Model | None = None
 
   def build(
     self,
@@ -63,17 +62,6 @@ class SimCLR(Objective):
     )
     self._built = True
 
-  @property
-  def trainable_networks(self) -> list[keras.Model]:
-    return [self.head]
-
-  @property
-  def projection_head(self) -> keras.Model | None:
-    return self.head
-
-  def checkpoint_items(self) -> dict[str, tf.Module | tf.Variable | keras.Model]:
-    return {"projection_head": self.head}
-
   def compute_loss(
     self,
     encoder: keras.Model,
@@ -82,8 +70,5 @@ class SimCLR(Objective):
     training: bool,
   ) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
     """See `Objective.compute_loss`; metrics: loss, contrast_acc, contrast_entropy."""
-    x = tf.concat([view1, view2], axis=0)
-    h = encoder(x, training=training)["embedding"]
-    z = self.head(h, training=training)[heads.PROJECTION]
-    z1, z2 = tf.split(z, 2, axis=0)
+    z1, z2 = self.project_views(encoder, view1, view2, training)
     return nt_xent_loss(z1, z2, self.config.temperature, normalize=self.config.normalize)
