@@ -185,7 +185,7 @@ def test_multi_label_size_from_manifest(tmp_path):
     ],
   )
   (tmp_path / "manifest.json").write_text(
-    json.dumps({"label_names": ["a", "b"], "label_mode": "multi_label"})
+    json.dumps({"label_names": ["a", "b"], "label_mode": "multilabel"})
   )
   ds = make_supervised_dataset(path, batch_size=1, image_size=8, training=False, preset="cxr")
   assert next(iter(ds))[1].numpy().tolist() == [[1.0, 0.0]]

@@ -67,3 +67,13 @@ def test_parse_example_variable_length_multi_label():
   )
   parsed = schema.parse_example(tf.constant(example.SerializeToString()))
   np.testing.assert_array_equal(parsed[schema.MULTI_LABEL].numpy(), [1.0, 0.0, 1.0])
+
+
+def test_normalize_label_mode_accepts_converter_and_reader_spellings():
+  import pytest
+
+  assert schema.normalize_label_mode("multilabel") == "multi_label"
+  assert schema.normalize_label_mode("multi_label") == "multi_label"
+  assert schema.normalize_label_mode("MultiClass") == "multi_class"
+  with pytest.raises(ValueError, match="label_mode"):
+    schema.normalize_label_mode("regression")

@@ -148,3 +148,29 @@ def decode_image(encoded: tf.Tensor, channels: int = 0) -> tf.Tensor:
   # decode_png with dtype=uint16 scales 8-bit data to the 16-bit range
   # (v * 257), so one division covers both bit depths exactly.
   return tf.cast(image, tf.float32) / 65535.0
+
+
+LABEL_MODES = ("multi_class", "multi_label")
+_LABEL_MODE_ALIASES = {
+  "multiclass": "multi_class",
+  "multi_class": "multi_class",
+  "multi-class": "multi_class",
+  "multilabel": "multi_label",
+  "multi_label": "multi_label",
+  "multi-label": "multi_label",
+}
+
+
+def normalize_label_mode(mode: str) -> str:
+  """Maps any spelling of a label mode to 'multi_class' or 'multi_label'.
+
+  The converter's manifest writes 'multiclass'/'multilabel' (its CLI flag
+  values); readers use 'multi_class'/'multi_label'.
+
+  Raises:
+    ValueError: for an unknown mode.
+  """
+  try:
+    return _LABEL_MODE_ALIASES[str(mode).strip().lower()]
+  except KeyError:
+    raise ValueError(f"label_mode must be one of {LABEL_MODES}, got {mode!r}") from None

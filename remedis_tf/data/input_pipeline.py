@@ -399,8 +399,7 @@ def make_supervised_dataset(
   manifest = read_manifest(files) or {}
   if label_mode is None:
     label_mode = manifest.get("label_mode") or "multi_class"
-  if label_mode not in LABEL_MODES:
-    raise ValueError(f"label_mode must be one of {LABEL_MODES}, got {label_mode!r}")
+  label_mode = schema.normalize_label_mode(label_mode)
   if label_mode == "multi_label" and num_labels is None:
     names = manifest.get("label_names")
     if not names:

@@ -40,6 +40,7 @@ from remedis_tf.data import input_pipeline
 from remedis_tf.train import checkpointing, distribute, loop, precision, progress
 from remedis_tf.train.preemption import PreemptionWatcher
 from remedis_tf.train.pretrain import seed_initializers, weights_fingerprint
+from tfrecords_tools import schema
 
 FREEZE_POINTS = ("root_block", "block1", "block2", "block3", "block4", "all")
 _RESUME_KEYS = ("task", "encoder", "image_size", "label_mode", "num_classes")
@@ -227,7 +228,9 @@ def freeze(encoder: keras.Model, freeze_up_to: str | None) -> None:
 
 def _resolve_labels(config: FinetuneConfig) -> tuple[str, int, list[str]]:
   manifest = data_lib.read_manifest(config.train_data) or {}
-  label_mode = config.label_mode or manifest.get("label_mode") or "multi_class"
+  label_mode = schema.normalize_label_mode(
+    config.label_mode or manifest.get("label_mode") or "multi_class"
+  )
   names = list(config.label_names or manifest.get("label_names") or [])
   num_classes = config.num_classes or len(names)
   if not num_classes:
