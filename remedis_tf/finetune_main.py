@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from absl import app, flags
 
+from remedis_tf.data.presets import parse_overrides
 from remedis_tf.train import cli_util, distribute
 from remedis_tf.train import finetune as finetune_lib
 
@@ -46,6 +47,9 @@ _CLASS_WEIGHTS = flags.DEFINE_list("class_weights", None, "Per-class weights, co
 _SPLIT = flags.DEFINE_string("split", None, "Only train on this split.")
 _AUGMENT_PRESET = flags.DEFINE_enum(
   "augment_preset", "natural", ["natural", "cxr", "pathology"], "Augmentation preset."
+)
+_AUGMENT_OVERRIDE = flags.DEFINE_multi_string(
+  "augment_override", [], "AugmentConfig field=value (Python literal), repeatable."
 )
 _CHECKPOINT_STEPS = flags.DEFINE_integer("checkpoint_steps", 500, "Checkpoint period.")
 _KEEP_CHECKPOINT_MAX = flags.DEFINE_integer("keep_checkpoint_max", 5, "Kept (0 = all).")
@@ -80,6 +84,7 @@ def config_from_flags() -> finetune_lib.FinetuneConfig:
     class_weights=tuple(float(w) for w in weights) if weights else None,
     split=_SPLIT.value,
     augment_preset=_AUGMENT_PRESET.value,
+    augment_overrides=tuple(parse_overrides(_AUGMENT_OVERRIDE.value).items()),
     checkpoint_steps=_CHECKPOINT_STEPS.value,
     keep_checkpoint_max=_KEEP_CHECKPOINT_MAX.value or None,
     seed=_SEED.value,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from absl import app, flags
 
+from remedis_tf.data.presets import parse_overrides
 from remedis_tf.train import cli_util
 from remedis_tf.train import pretrain as pretrain_lib
 
@@ -57,12 +58,21 @@ _LR_SCALING = flags.DEFINE_enum(
 )
 _WARMUP_STEPS = flags.DEFINE_integer("warmup_steps", None, "Warmup steps (default 5% of steps).")
 _MOMENTUM = flags.DEFINE_float("momentum", 0.9, "LARS momentum.")
-_WEIGHT_DECAY = flags.DEFINE_float("weight_decay", 1e-6, "LARS weight decay.")
+_WEIGHT_DECAY = flags.DEFINE_float("weight_decay", 1e-6, "Weight decay (LARS or AdamW).")
 _TEMPERATURE = flags.DEFINE_float(
   "temperature", None, "Objective temperature (default: objective's)."
 )
 _AUGMENT_PRESET = flags.DEFINE_enum(
   "augment_preset", "natural", ["natural", "cxr", "pathology"], "Augmentation preset."
+)
+_AUGMENT_OVERRIDE = flags.DEFINE_multi_string(
+  "augment_override",
+  [],
+  "Change one field of the preset's AugmentConfig: field=value (Python literal), repeatable, "
+  "e.g. --augment_override=crop_area_range=(0.35,1.0).",
+)
+_OPTIMIZER = flags.DEFINE_enum(
+  "optimizer", "lars", ["lars", "adamw"], "LARS (large batches) or AdamW (small batches)."
 )
 _SPLIT = flags.DEFINE_string("split", None, "Only use records of this split (default: all).")
 _LINEAR_EVAL_HEAD = flags.DEFINE_bool(
@@ -102,6 +112,8 @@ def config_from_flags() -> pretrain_lib.PretrainConfig:
     weight_decay=_WEIGHT_DECAY.value,
     temperature=_TEMPERATURE.value,
     augment_preset=_AUGMENT_PRESET.value,
+    augment_overrides=tuple(parse_overrides(_AUGMENT_OVERRIDE.value).items()),
+    optimizer=_OPTIMIZER.value,
     split=_SPLIT.value,
     linear_eval_head=_LINEAR_EVAL_HEAD.value,
     num_classes=_NUM_CLASSES.value,

@@ -9,6 +9,7 @@ variation), adds 90-degree rotations and both flips.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 
 from remedis_tf.data.geometric import FILL_MODES
@@ -198,3 +199,24 @@ def get_preset(name: str | AugmentConfig, **overrides) -> AugmentConfig:
   if unknown:
     raise ValueError(f"unknown AugmentConfig fields: {sorted(unknown)}")
   return dataclasses.replace(config, **overrides)
+
+
+def parse_overrides(items: list[str]) -> dict[str, object]:
+  """Parses command-line overrides ['field=value', ...] for `get_preset`.
+
+  Values are Python literals ("(0.35, 1.0)", "0.5", "True"); anything that is
+  not a literal is kept as a bare string ("reflect").
+
+  Raises:
+    ValueError: for an item without '='.
+  """
+  overrides: dict[str, object] = {}
+  for item in items:
+    name, sep, value = item.partition("=")
+    if not sep:
+      raise ValueError(f"augmentation override expects field=value, got {item!r}")
+    try:
+      overrides[name.strip()] = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+      overrides[name.strip()] = value
+  return overrides

@@ -7,10 +7,9 @@ r"""Writes a PNG grid of augmented views (remedis-augment-grid).
 
 from __future__ import annotations
 
-import ast
-
 from absl import app, flags, logging
 
+from remedis_tf.data.presets import parse_overrides
 from remedis_tf.data.view_grid import write_view_grid
 
 _INPUT = flags.DEFINE_string("input", None, "TFRecord glob pattern.", required=True)
@@ -23,20 +22,6 @@ _SEED = flags.DEFINE_integer("seed", 0, "Augmentation seed.")
 _OVERRIDE = flags.DEFINE_multi_string(
   "override", [], "AugmentConfig field=value (Python literal), repeatable."
 )
-
-
-def parse_overrides(items: list[str]) -> dict[str, object]:
-  """Parses ['field=value', ...] with Python literals (strings may be bare)."""
-  overrides = {}
-  for item in items:
-    name, sep, value = item.partition("=")
-    if not sep:
-      raise ValueError(f"--override expects field=value, got {item!r}")
-    try:
-      overrides[name.strip()] = ast.literal_eval(value)
-    except (ValueError, SyntaxError):
-      overrides[name.strip()] = value
-  return overrides
 
 
 def main(argv: list[str]) -> None:

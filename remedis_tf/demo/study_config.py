@@ -9,6 +9,7 @@ image size, pretraining steps, fine-tuning budget, label counts and seeds.
 from __future__ import annotations
 
 import dataclasses
+import json
 from typing import Any
 
 STAGES = (
@@ -26,6 +27,24 @@ SITES = ("siteA", "siteB")
 FINDINGS = ("opacity", "cardiomegaly")
 # Fields that do not change any result: they may differ when a study resumes.
 RESUMABLE_FIELDS = ("output_dir", "until", "num_workers")
+
+
+# The `cxr` preset made milder for 64-px phantoms: crops keep at least a third
+# of the image (an 8% crop can cut the finding out, and two such crops of one
+# chest share almost nothing), no elastic warp, gentler intensity changes.
+# Measured on the default archive: with these views and AdamW, SimCLR's
+# contrastive accuracy rises within 100 steps; with the full preset it stays
+# at chance.
+DEMO_AUGMENT_OVERRIDES: tuple[tuple[str, Any], ...] = (
+  ("crop_area_range", (0.35, 1.0)),
+  ("elastic_prob", 0.0),
+  ("equalize_prob", 0.2),
+  ("rotation_max_degrees", 10.0),
+  ("brightness", 0.4),
+  ("contrast", 0.4),
+  ("blur_prob", 0.3),
+  ("gamma_prob", 0.3),
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,12 +88,14 @@ class StudyConfig:
   split_fractions: tuple[float, float, float] = (0.6, 0.1, 0.3)
   pretrain_steps: int = 250
   pretrain_batch_size: int = 64
-  pretrain_learning_rate: float = 0.075
+  pretrain_learning_rate: float = 1e-3
+  pretrain_optimizer: str = "adamw"
   temperature: float = 0.2
   augment_preset: str = "cxr"
-  finetune_steps: int = 50
+  augment_overrides: tuple[tuple[str, Any], ...] = DEMO_AUGMENT_OVERRIDES
+  finetune_steps: int = 80
   finetune_batch_size: int = 32
-  finetune_learning_rate: float = 0.03
+  finetune_learning_rate: float = 0.1
   site_a_labels: tuple[int, ...] = (16, 64, 256)
   site_b_labels: tuple[int, ...] = (8, 32, 128)
   num_seeds: int = 2
@@ -104,10 +125,8 @@ class StudyConfig:
     out = dataclasses.asdict(self)
     for name in RESUMABLE_FIELDS:
       out.pop(name)
-    out["split_fractions"] = list(self.split_fractions)
-    out["site_a_labels"] = list(self.site_a_labels)
-    out["site_b_labels"] = list(self.site_b_labels)
-    return out
+    # A JSON round trip turns tuples into lists, as they are stored on disk.
+    return json.loads(json.dumps(out))
 
 
 SCALE_PRESETS: dict[str, dict[str, Any]] = {

@@ -330,8 +330,9 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     f"- Encoder `{c['encoder']}` at {c['image_size']} px. Initialisation: "
     f"{report['initialization']}. Both methods start from this same encoder.",
     f"- Self-supervised pretraining (REMEDIS only): SimCLR, {pre['steps']} steps x "
-    f"{c['pretrain_batch_size']} images (two `{c['augment_preset']}` views each), LARS base lr "
-    f"{c['pretrain_learning_rate']} (sqrt batch scaling), temperature {c['temperature']}, on the "
+    f"{c['pretrain_batch_size']} images (two `{c['augment_preset']}` views each, with "
+    f"{_overrides(c.get('augment_overrides'))}), {_optimizer(c)}, temperature "
+    f"{c['temperature']}, on the "
     "train splits of both sites with labels unused; NT-Xent loss "
     f"{_num(pre.get('first_loss'))} -> {_num(pre.get('final_loss'))}, "
     f"{_num(pre.get('images_per_second'), 1)} images/s.",
@@ -435,3 +436,18 @@ def write_report(
     "report_md": os.path.join(output_dir, "report.md"),
     "plots": [os.path.join(output_dir, p) for p in PLOTS.values()],
   }
+
+
+def _overrides(pairs: object) -> str:
+  """'field=value, ...' for the augmentation overrides in a config dict."""
+  if not pairs:
+    return "no overrides"
+  return "overrides " + ", ".join(f"{k}={v}" for k, v in pairs)
+
+
+def _optimizer(c: dict) -> str:
+  """The pretraining optimizer and learning rate as the report states them."""
+  name = c.get("pretrain_optimizer", "lars")
+  if name == "lars":
+    return f"LARS base lr {c['pretrain_learning_rate']} (sqrt batch scaling)"
+  return f"AdamW lr {c['pretrain_learning_rate']} (warmup + cosine decay)"

@@ -131,6 +131,7 @@ class FinetuneConfig:
     class_weights: per class / label weight, or None.
     split: split to train on (None = all records).
     augment_preset: augmentation preset.
+    augment_overrides: (field, value) pairs changing the preset's AugmentConfig.
     checkpoint_steps: checkpoint period (0 = end only).
     keep_checkpoint_max: retained checkpoints (None = all).
     seed: seed of the head init, data order and label-fraction subset.
@@ -160,6 +161,7 @@ class FinetuneConfig:
   class_weights: tuple[float, ...] | None = None
   split: str | None = None
   augment_preset: str = "natural"
+  augment_overrides: tuple[tuple[str, Any], ...] = ()
   checkpoint_steps: int = 500
   keep_checkpoint_max: int | None = 5
   seed: int = 0
@@ -395,7 +397,7 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
         batch_size=ctx.get_per_replica_batch_size(config.global_batch_size),
         image_size=config.image_size,
         training=True,
-        preset=config.augment_preset,
+        preset=data_lib.get_preset(config.augment_preset, **dict(config.augment_overrides)),
         seed=config.seed + 1_000_003 * start_step,
         label_mode=label_mode,
         num_labels=num_classes if label_mode == "multi_label" else None,

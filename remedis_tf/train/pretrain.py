@@ -34,6 +34,7 @@ from remedis_tf.train import checkpointing, distribute, loop, precision, progres
 from remedis_tf.train.preemption import PreemptionWatcher
 
 OBJECTIVES = ("simclr", "moco_v2", "barlow_twins", "relic", "byol")
+OPTIMIZERS = ("lars", "adamw")
 # Keys of config.json that must match to resume a model_dir.
 _RESUME_KEYS = ("task", "encoder", "objective", "image_size", "linear_eval_head")
 
@@ -65,6 +66,12 @@ class PretrainConfig:
     temperature: objective temperature override (None = objective default).
     objective_overrides: more objective config fields, as (name, value) pairs.
     augment_preset: 'natural', 'cxr' or 'pathology'.
+    augment_overrides: (field, value) pairs changing the preset's
+      AugmentConfig (e.g. (("crop_area_range", (0.35, 1.0)),)).
+    optimizer: 'lars' (SimCLR's choice for large batches) or 'adamw'
+      (AdamW with the same schedule and weight decay; steadier for the small
+      batches of a single CPU machine). Norm parameters and biases are
+      excluded from weight decay either way.
     split: keep only records of this split (None = all records).
     shuffle_buffer: shuffle buffer of the input pipeline.
     linear_eval_head: train a linear classifier on stop-gradient features.
@@ -99,6 +106,8 @@ class PretrainConfig:
   temperature: float | None = None
   objective_overrides: tuple[tuple[str, Any], ...] = ()
   augment_preset: str = "natural"
+  augment_overrides: tuple[tuple[str, Any], ...] = ()
+  optimizer: str = "lars"
   split: str | None = None
   shuffle_buffer: int = 1024
   linear_eval_head: bool = False
@@ -118,6 +127,9 @@ class PretrainConfig:
     models.parse_encoder_name(self.encoder)  # Raises for a bad name.
     if self.train_steps <= 0:
       raise ValueError(f"train_steps must be positive, got {self.train_steps}.")
+    if self.optimizer not in OPTIMIZERS:
+      raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}.")
+    data_lib.get_preset(self.augment_preset, **dict(self.augment_overrides))  # Raises if bad.
     if self.global_batch_size <= 0:
       raise ValueError(f"global_batch_size must be positive, got {self.global_batch_size}.")
     if self.image_size <= 0 or self.image_size % 32:
@@ -149,6 +161,25 @@ def build_objective(config: PretrainConfig) -> objectives.Objective:
       raise ValueError(f"--temperature does not apply to objective {config.objective!r}.")
     overrides["temperature"] = config.temperature
   return objectives.get(config.objective, **overrides)
+
+
+def build_optimizer(
+  config: PretrainConfig,
+  schedule: keras.optimizers.schedules.LearningRateSchedule,
+  networks: list[keras.Model],
+) -> keras.optimizers.Optimizer:
+  """LARS or AdamW on `schedule`, excluding norm parameters and biases from decay."""
+  exclusions = lars_exclusions(*networks)
+  if config.optimizer == "lars":
+    return optim.LARS(
+      schedule,
+      momentum=config.momentum,
+      weight_decay=config.weight_decay,
+      exclude_from_weight_decay=exclusions,
+    )
+  optimizer = keras.optimizers.AdamW(schedule, weight_decay=config.weight_decay)
+  optimizer.exclude_from_weight_decay(var_list=exclusions)
+  return optimizer
 
 
 def initialize_encoder(encoder: keras.Model, path: str | None) -> str:
@@ -300,12 +331,7 @@ def pretrain(config: PretrainConfig) -> dict[str, Any]:
         config.train_steps,
         scaling=config.learning_rate_scaling,
       )
-      optimizer = optim.LARS(
-        schedule,
-        momentum=config.momentum,
-        weight_decay=config.weight_decay,
-        exclude_from_weight_decay=lars_exclusions(*networks),
-      )
+      optimizer = build_optimizer(config, schedule, networks)
       optimizer.build(variables)
       step = tf.Variable(
         0,
@@ -348,7 +374,7 @@ def pretrain(config: PretrainConfig) -> dict[str, Any]:
         files,
         batch_size=ctx.get_per_replica_batch_size(config.global_batch_size),
         image_size=config.image_size,
-        preset=config.augment_preset,
+        preset=data_lib.get_preset(config.augment_preset, **dict(config.augment_overrides)),
         seed=config.seed + 1_000_003 * start_step,
         input_context=ctx,
         split=config.split,
