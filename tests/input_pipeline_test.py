@@ -147,6 +147,30 @@ def test_shuffled_pipeline_works_after_global_seed_zero(tmp_path):
   assert epochs == [0] * 6 + [1] * 6
 
 
+def test_each_epoch_holds_every_example_once_in_a_new_order(tmp_path):
+  # A shuffle buffer larger than the dataset must not mix epochs (which would
+  # put one image twice in a batch of a small dataset).
+  _tiny_shards(tmp_path, 2, 5, size=8)
+  ds = make_supervised_dataset(
+    str(tmp_path / "*.tfrecord"),
+    batch_size=10,
+    image_size=8,
+    training=True,
+    preset="cxr",
+    seed=3,
+    label_mode="multi_class",
+    repeat=3,
+    shuffle_buffer=1000,
+    with_metadata=True,
+    drop_remainder=False,
+  )
+  epochs = [[s.decode() for s in batch["source_id"].numpy()] for batch in ds]
+  assert len(epochs) == 3
+  for order in epochs:
+    assert sorted(order) == sorted(f"img-{i}" for i in range(10))
+  assert len({tuple(order) for order in epochs}) > 1
+
+
 def test_multi_label_and_multi_class_labels(tmp_path):
   rng = np.random.default_rng(0)
   vectors = [[1.0, 0.0, -1.0], [-1.0, -1.0, -1.0], [0.0, 1.0, 1.0]]

@@ -236,22 +236,22 @@ def _parsed_records(
 def _epochs(
   ds: tf.data.Dataset, *, repeat: bool | int, shuffle_buffer: int, seed: int
 ) -> tf.data.Dataset:
-  """Repeats `ds`, tagging each element with its 'epoch', then shuffles.
+  """Repeats `ds` epoch by epoch, shuffling within each epoch, tagging 'epoch'.
 
-  The shuffle runs over the repeated stream with a Python-int seed, so the
-  order is deterministic for a seed and differs between epochs (the buffer
-  state carries over). A tensor-valued seed is avoided on purpose: with a
-  global seed of 0, `Dataset.shuffle` evaluates a symbolic seed as a Python
-  bool and fails inside `flat_map`.
+  Every epoch holds each example exactly once (no mixing across epochs, so a
+  small dataset never puts one image twice in a batch). The shuffle has a
+  Python-int seed and reshuffles on each pass, so the order is deterministic
+  for a seed and differs between epochs. (A tensor-valued seed is avoided: with
+  a global seed of 0, `Dataset.shuffle` evaluates a symbolic seed as a Python
+  bool and fails.)
   """
   if repeat is True:
     epochs = tf.data.Dataset.counter()
   else:
     epochs = tf.data.Dataset.range(1 if repeat is False else int(repeat))
-  d = epochs.flat_map(lambda epoch: ds.map(lambda ex: {**ex, "epoch": epoch}))
   if shuffle_buffer > 1:
-    d = d.shuffle(shuffle_buffer, seed=int(seed) % (2**31 - 1), reshuffle_each_iteration=False)
-  return d
+    ds = ds.shuffle(shuffle_buffer, seed=int(seed) % (2**31 - 1), reshuffle_each_iteration=True)
+  return epochs.flat_map(lambda epoch: ds.map(lambda ex: {**ex, "epoch": epoch}))
 
 
 def _options(deterministic: bool) -> tf.data.Options:
