@@ -14,7 +14,9 @@ COMMON = dict(
 
 @pytest.mark.slow
 @pytest.mark.integration
-def test_two_workers_match_each_other_and_single_process(tmp_path):
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_two_workers_match_each_other_and_single_process(tmp_path, jit_compile):
+  """With jit_compile the workers compile only the encoder (see distribute.jit_scope)."""
   from train_testdata import cli, free_ports, write_multiclass  # helper module next to the tests
 
   data = write_multiclass(str(tmp_path / "data"), num_shards=2, per_shard=4)
@@ -31,6 +33,7 @@ def test_two_workers_match_each_other_and_single_process(tmp_path):
       f"--results_json={out}",
       "--checkpoint_steps=2",
       "--log_every_steps=1",
+      f"--jit_compile={jit_compile}",
     ]
     args += [f"--{k}={v}" for k, v in COMMON.items()]
     procs.append(
@@ -39,6 +42,8 @@ def test_two_workers_match_each_other_and_single_process(tmp_path):
   logs = [p.communicate(timeout=240)[0] for p in procs]
   for p, log in zip(procs, logs, strict=True):
     assert p.returncode == 0, log[-3000:]
+  if jit_compile:
+    assert "XLA compiles the encoder's forward and backward pass" in logs[0]
   r0, r1 = (json.load(open(o)) for o in outputs)
   assert r0["num_replicas"] == 2 and r0["final_step"] == 3 and r1["final_step"] == 3
   assert r0["is_chief"] and not r1["is_chief"]

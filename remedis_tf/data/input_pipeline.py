@@ -172,8 +172,13 @@ def _parsed_records(
   label_fraction: float,
   cache: bool | str,
   shuffle_files: bool = True,
+  subset_seed: int | None = None,
 ) -> tf.data.Dataset:
-  """Records parsed into small dicts, filtered and optionally cached."""
+  """Records parsed into small dicts, filtered and optionally cached.
+
+  The label-fraction subset is keyed by `subset_seed` (default `seed`).
+  """
+  subset_seed = seed if subset_seed is None else subset_seed
   keys = [
     schema.IMAGE_ENCODED,
     schema.IMAGE_SOURCE_ID,
@@ -222,7 +227,7 @@ def _parsed_records(
     if label_fraction < 1.0:
       pid = ex["patient_id_hash"]
       pid = tf.where(tf.strings.length(pid) > 0, pid, ex["source_id"])
-      ok = tf.logical_and(ok, patient_scores(pid, seed) < label_fraction)
+      ok = tf.logical_and(ok, patient_scores(pid, subset_seed) < label_fraction)
     return ok
 
   ds = read_records(files, input_context, shuffle_files=shuffle_files, seed=seed)
@@ -234,7 +239,7 @@ def _parsed_records(
 
 
 def _epochs(
-  ds: tf.data.Dataset, *, repeat: bool | int, shuffle_buffer: int, seed: int
+  ds: tf.data.Dataset, *, repeat: bool | int, shuffle_buffer: int, seed: int, skip: int = 0
 ) -> tf.data.Dataset:
   """Repeats `ds` epoch by epoch, shuffling within each epoch, tagging 'epoch'.
 
@@ -244,14 +249,21 @@ def _epochs(
   for a seed and differs between epochs. (A tensor-valued seed is avoided: with
   a global seed of 0, `Dataset.shuffle` evaluates a symbolic seed as a Python
   bool and fails.)
+
+  `skip` drops that many examples from the start of this stream (parsed
+  records only: nothing is decoded or augmented), which resumes a
+  deterministic pipeline at a saved position.
   """
+  if skip < 0:
+    raise ValueError(f"skip_examples must be >= 0, got {skip}")
   if repeat is True:
     epochs = tf.data.Dataset.counter()
   else:
     epochs = tf.data.Dataset.range(1 if repeat is False else int(repeat))
   if shuffle_buffer > 1:
     ds = ds.shuffle(shuffle_buffer, seed=int(seed) % (2**31 - 1), reshuffle_each_iteration=True)
-  return epochs.flat_map(lambda epoch: ds.map(lambda ex: {**ex, "epoch": epoch}))
+  out = epochs.flat_map(lambda epoch: ds.map(lambda ex: {**ex, "epoch": epoch}))
+  return out.skip(skip) if skip else out
 
 
 def _options(deterministic: bool) -> tf.data.Options:
@@ -284,6 +296,7 @@ def make_pretrain_dataset(
   repeat: bool | int = True,
   drop_remainder: bool = True,
   deterministic: bool = False,
+  skip_examples: int = 0,
 ) -> tf.data.Dataset:
   """Batches of two augmented views per example, for contrastive pretraining.
 
@@ -302,6 +315,10 @@ def make_pretrain_dataset(
     repeat: True repeats forever, an int gives that many epochs, False one.
     drop_remainder: drop a last partial batch.
     deterministic: keep element order deterministic (slower).
+    skip_examples: examples of this pipeline's stream to skip first. With
+      `deterministic` and the same seed, files and sharding, the stream after
+      skipping n equals the uninterrupted stream from its n-th example on,
+      views included (the trainers resume this way).
 
   Returns:
     Dataset of dicts: 'view1', 'view2' (B, S, S, 3) float32 in [0, 1],
@@ -321,7 +338,7 @@ def make_pretrain_dataset(
     label_fraction=1.0,
     cache=cache,
   )
-  ds = _epochs(ds, repeat=repeat, shuffle_buffer=shuffle_buffer, seed=seed)
+  ds = _epochs(ds, repeat=repeat, shuffle_buffer=shuffle_buffer, seed=seed, skip=skip_examples)
 
   def two_views(ex):
     image = _decode(ex["encoded"], config.channels)
@@ -359,6 +376,8 @@ def make_supervised_dataset(
   drop_remainder: bool | None = None,
   with_metadata: bool = False,
   deterministic: bool | None = None,
+  subset_seed: int | None = None,
+  skip_examples: int = 0,
 ) -> tf.data.Dataset:
   """Labelled batches for fine-tuning (augmented) or evaluation (centre crop).
 
@@ -373,7 +392,8 @@ def make_supervised_dataset(
     training: augment with `preset` and shuffle (True) or centre-crop (False).
     preset: preset name or AugmentConfig (evaluation uses its channels,
       eval_crop_fraction and resize_method).
-    seed: seeds shuffles, augmentations and the label-fraction subset.
+    seed: seeds shuffles, augmentations and (unless `subset_seed` is given)
+      the label-fraction subset.
     label_mode: "multi_class" or "multi_label"; None reads the manifest next
       to the shards, defaulting to "multi_class".
     num_labels: K for multi-label; None reads len(label_names) from the manifest.
@@ -390,6 +410,8 @@ def make_supervised_dataset(
     with_metadata: yield dicts with 'image', 'label', 'patient_id_hash',
       'site', 'source_id' instead of (image, label) tuples.
     deterministic: None means not training.
+    subset_seed: keys the label-fraction subset; None uses `seed`.
+    skip_examples: examples to skip first (see make_pretrain_dataset).
 
   Returns:
     Dataset of (images (B, S, S, 3) float32 in [0, 1], labels) with labels
@@ -425,8 +447,15 @@ def make_supervised_dataset(
     label_fraction=label_fraction,
     cache=cache,
     shuffle_files=training,
+    subset_seed=subset_seed,
   )
-  ds = _epochs(ds, repeat=repeat, shuffle_buffer=shuffle_buffer if training else 0, seed=seed)
+  ds = _epochs(
+    ds,
+    repeat=repeat,
+    shuffle_buffer=shuffle_buffer if training else 0,
+    seed=seed,
+    skip=skip_examples,
+  )
 
   def prepare(ex):
     image = _decode(ex["encoded"], config.channels)

@@ -157,13 +157,14 @@ class Objective(abc.ABC):
       scalars already averaged over the global batch.
     """
 
-  def after_step(self) -> None:  # noqa: B027 - intentionally empty default
+  def after_step(self) -> None:
     """Post-update state changes (EMA of target networks, queue update).
 
     Called inside `strategy.run` after `optimizer.apply_gradients`, once per
     step, in the same replica context as `compute_loss`. Objectives without
     such state do nothing.
     """
+    return None  # A docstring-only body trips AutoGraph's converter.
 
 
 class ProjectionHeadObjective(Objective):

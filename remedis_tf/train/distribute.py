@@ -119,6 +119,33 @@ def write_dir(model_dir: str, strategy: tf.distribute.Strategy) -> str:
   return os.path.join(model_dir, ".workers", f"{task_type}_{task_id}")
 
 
+def num_workers(strategy: tf.distribute.Strategy) -> int:
+  """Worker processes in the cluster (1 without a cluster)."""
+  resolver = getattr(strategy, "cluster_resolver", None)
+  if resolver is None:
+    return 1
+  cluster = resolver.cluster_spec().as_dict()
+  return max(1, len(cluster.get("worker", [])) + len(cluster.get("chief", [])))
+
+
+def jit_scope(strategy: tf.distribute.Strategy, jit_compile: bool) -> str:
+  """What `--jit_compile` XLA-compiles under `strategy`.
+
+  Returns:
+    'none' without jit_compile; 'step' (the whole per-replica step) on one
+    worker; 'encoder' (the encoder's forward and backward pass only) when
+    replicas span several worker processes: XLA cannot compile the
+    cross-worker collectives inside a step (synchronized BatchNorm, the
+    gathered negatives) on CPU hosts, so those stay outside the compiled
+    part. BiT encoders use GroupNorm and hold no collective.
+  """
+  if not jit_compile:
+    return "none"
+  if isinstance(strategy, tf.distribute.TPUStrategy):
+    return "step"
+  return "encoder" if num_workers(strategy) > 1 else "step"
+
+
 def per_replica_batch_size(global_batch_size: int, strategy: tf.distribute.Strategy) -> int:
   """global / replicas, or StrategyError when it does not divide evenly."""
   replicas = strategy.num_replicas_in_sync
@@ -128,3 +155,13 @@ def per_replica_batch_size(global_batch_size: int, strategy: tf.distribute.Strat
       f"{replicas} replicas in sync."
     )
   return global_batch_size // replicas
+
+
+def consumed_examples(ctx: tf.distribute.InputContext, global_batch_size: int, steps: int) -> int:
+  """Examples one input pipeline has delivered after `steps` training steps.
+
+  Each step takes one per-replica batch per replica fed by the pipeline
+  (num_replicas_in_sync / num_input_pipelines of them).
+  """
+  replicas_per_pipeline = max(1, ctx.num_replicas_in_sync // ctx.num_input_pipelines)
+  return int(steps) * ctx.get_per_replica_batch_size(global_batch_size) * replicas_per_pipeline

@@ -398,7 +398,11 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
         image_size=config.image_size,
         training=True,
         preset=data_lib.get_preset(config.augment_preset, **dict(config.augment_overrides)),
-        seed=config.seed + 1_000_003 * start_step,
+        seed=config.seed,
+        # The label subset depends on the seed alone, never on the step.
+        subset_seed=config.seed,
+        deterministic=True,
+        skip_examples=distribute.consumed_examples(ctx, config.global_batch_size, start_step),
         label_mode=label_mode,
         num_labels=num_classes if label_mode == "multi_label" else None,
         label_fraction=config.label_fraction,
@@ -409,10 +413,13 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
     dataset = strategy.distribute_datasets_from_function(dataset_fn)
     writer = progress.summary_writer(os.path.join(write_dir, "train") if chief else None)
 
+    jit = distribute.jit_scope(strategy, config.jit_compile)
+    net = loop.CompiledEncoder(encoder) if jit == "encoder" else encoder
+
     def replica_step(batch: tuple[tf.Tensor, tf.Tensor]) -> dict[str, tf.Tensor]:
       images, labels = batch
       with tf.GradientTape() as tape:
-        features = encoder(images, training=trainable)["embedding"]
+        features = net(images, training=trainable)["embedding"]
         logits = head(tf.cast(features, tf.float32), training=True)
         loss, correct = supervised_loss(
           logits, labels, label_mode, config.global_batch_size, class_weights
@@ -445,7 +452,7 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
         checkpoint_steps=config.checkpoint_steps,
         writer=writer,
         steps_per_loop=config.steps_per_loop,
-        jit_compile=config.jit_compile,
+        jit_compile=jit == "step",
         log_every_steps=config.log_every_steps,
         summary_every_steps=config.log_every_steps,
         learning_rate=lambda s: float(schedule(s)),

@@ -47,6 +47,31 @@ class LoopResult:
   checkpoint: str | None
 
 
+class CompiledEncoder:
+  """Calls an encoder through an XLA-compiled tf.function.
+
+  Used when only the encoder may be compiled (see distribute.jit_scope): the
+  forward pass and, under a GradientTape, its gradient run as XLA clusters,
+  while the rest of the step (heads, losses with collectives, the optimizer)
+  runs as ordinary ops. Attribute access falls through to the encoder.
+  """
+
+  def __init__(self, encoder: Any) -> None:
+    self.encoder = encoder
+    self._compiled = tf.function(self._forward, jit_compile=True, reduce_retracing=True)
+
+  def _forward(self, images: tf.Tensor, training: bool) -> Any:
+    return self.encoder(images, training=training)
+
+  def __call__(self, images: tf.Tensor, training: bool = False, **kwargs: Any) -> Any:
+    if kwargs:
+      return self.encoder(images, training=training, **kwargs)
+    return self._compiled(images, training=bool(training))
+
+  def __getattr__(self, name: str) -> Any:
+    return getattr(self.encoder, name)
+
+
 def make_train_function(
   strategy: tf.distribute.Strategy,
   replica_step: ReplicaStep,

@@ -78,7 +78,8 @@ class PretrainConfig:
     num_classes: classes of that head; None = len(manifest label_names).
     seed: seed of initialisation and input pipeline.
     mixed_precision: None or 'bfloat16' (Keras 'mixed_bfloat16' policy).
-    jit_compile: XLA-compile the per-replica step.
+    jit_compile: XLA-compile the per-replica step (only the encoder when
+      replicas span several workers; see distribute.jit_scope).
     steps_per_loop: steps per compiled call.
     log_every_steps: progress line period.
     summary_every_steps: TensorBoard scalar period.
@@ -369,16 +370,20 @@ def pretrain(config: PretrainConfig) -> dict[str, Any]:
     )
 
     def dataset_fn(ctx: tf.distribute.InputContext) -> tf.data.Dataset:
-      # Seeded with the start step, so a resumed run sees fresh shuffles/views.
+      # Deterministic order; a resumed run skips what the first start_step
+      # steps consumed, so it sees the same examples and views as a run
+      # that was never interrupted (same seed, data and cluster shape).
       return data_lib.make_pretrain_dataset(
         files,
         batch_size=ctx.get_per_replica_batch_size(config.global_batch_size),
         image_size=config.image_size,
         preset=data_lib.get_preset(config.augment_preset, **dict(config.augment_overrides)),
-        seed=config.seed + 1_000_003 * start_step,
+        seed=config.seed,
         input_context=ctx,
         split=config.split,
         shuffle_buffer=config.shuffle_buffer,
+        deterministic=True,
+        skip_examples=distribute.consumed_examples(ctx, config.global_batch_size, start_step),
       )
 
     dataset = strategy.distribute_datasets_from_function(dataset_fn)
@@ -388,11 +393,21 @@ def pretrain(config: PretrainConfig) -> dict[str, Any]:
       progress.write_images(writer, start_step, "views/view1", sample["view1"])
       progress.write_images(writer, start_step, "views/view2", sample["view2"])
 
+    jit = distribute.jit_scope(strategy, config.jit_compile)
+    if jit == "step":
+      logging.info("jit_compile: XLA compiles the per-replica step.")
+    elif jit == "encoder":
+      logging.info(
+        "jit_compile: XLA compiles the encoder's forward and backward pass "
+        "(collectives across workers stay outside XLA)."
+      )
+    net = loop.CompiledEncoder(encoder) if jit == "encoder" else encoder
+
     def replica_step(batch: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-      recorder = _RecordingEncoder(encoder)
+      recorder = _RecordingEncoder(net)
       with tf.GradientTape() as tape:
         loss, metrics = objective.compute_loss(
-          recorder if linear_head is not None else encoder,
+          recorder if linear_head is not None else net,
           batch["view1"],
           batch["view2"],
           training=True,
@@ -421,7 +436,7 @@ def pretrain(config: PretrainConfig) -> dict[str, Any]:
         checkpoint_steps=config.checkpoint_steps,
         writer=writer,
         steps_per_loop=config.steps_per_loop,
-        jit_compile=config.jit_compile,
+        jit_compile=jit == "step",
         log_every_steps=config.log_every_steps,
         summary_every_steps=config.summary_every_steps,
         learning_rate=lambda s: float(schedule(s)),
