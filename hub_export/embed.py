@@ -6,9 +6,19 @@ and the feature map is averaged over space, exactly as in
 `load.load_for_finetuning`. Each record's hashed ids, labels, split and site
 are kept next to its embedding, in record order (files sorted by name).
 
+Preprocessing: each image is decoded to 3 channels (grayscale repeated),
+float32 in [0, 1]. With `central_crop_fraction` f < 1 (remedis-embed
+--central_crop_fraction) only the central box of f times each side is kept,
+as in standard evaluation preprocessing: along an axis of n pixels the box has
+max(1, round(f * n)) pixels (round half to even) and starts at
+(n - side + 1) // 2, the rule of remedis_tf.data.crops.center_crop applied to
+each side instead of to a square of the shorter one. The image (or box) is
+then resized whole, bilinear without antialiasing, to image_size x image_size
+(left as is when already that size). f = 1 (default) keeps the whole image.
+
 Outputs:
   * `.npz`: arrays 'embedding' (N, C) float32 and one array per record field
-    (RECORD_FIELDS), plus 'model' and 'image_size'.
+    (RECORD_FIELDS), plus 'model', 'image_size' and 'central_crop_fraction'.
   * `.tfrecord` (for large sets, written while streaming): one tf.Example per
     record with 'embedding' (C floats) and the same fields under their schema
     keys.
@@ -75,6 +85,38 @@ def default_image_size(model_path: str) -> int:
   return DEFAULT_IMAGE_SIZE
 
 
+def check_central_crop_fraction(fraction: float) -> float:
+  """Returns `fraction` as a float.
+
+  Raises:
+    ValueError: `fraction` is not in (0, 1] (NaN included).
+  """
+  fraction = float(fraction)
+  if not 0.0 < fraction <= 1.0:
+    raise ValueError(f"central_crop_fraction must be in (0, 1], got {fraction}.")
+  return fraction
+
+
+def central_crop(image: tf.Tensor, fraction: float) -> tf.Tensor:
+  """The central box of `fraction` times each side of an image.
+
+  Args:
+    image: (H, W, C).
+    fraction: in (0, 1]; 1 returns `image` itself.
+
+  Returns:
+    (h, w, C) with h = max(1, round(fraction * H)) (half to even), likewise
+    w, starting at row (H - h + 1) // 2 and column (W - w + 1) // 2.
+  """
+  fraction = check_central_crop_fraction(fraction)
+  if fraction == 1.0:
+    return image
+  hw = tf.shape(image)[:2]
+  side = tf.maximum(tf.cast(tf.round(fraction * tf.cast(hw, tf.float64)), tf.int32), 1)
+  offset = (hw - side + 1) // 2
+  return image[offset[0] : offset[0] + side[0], offset[1] : offset[1] + side[1]]
+
+
 def _num_multi_labels(files: list[str]) -> int:
   """K of `image/class/multi_label`, read from the first record."""
   for serialized in tf.data.TFRecordDataset(files[:1]).take(1):
@@ -82,18 +124,26 @@ def _num_multi_labels(files: list[str]) -> int:
   return 0
 
 
-def make_dataset(files: list[str], image_size: int, batch_size: int) -> tf.data.Dataset:
+def make_dataset(
+  files: list[str], image_size: int, batch_size: int, central_crop_fraction: float = 1.0
+) -> tf.data.Dataset:
   """Batches of {'image': (B, S, S, 3) float32 in [0, 1], field: (B, ...)}.
 
-  Images are decoded to 3 channels (grayscale repeated) and resized whole
-  (bilinear, no crop) to S x S unless already that size. Order is the order
-  of `files` and of records within them.
+  Images are decoded to 3 channels (grayscale repeated), cropped to their
+  central `central_crop_fraction` of each side (`central_crop`; 1: no crop)
+  and resized whole (bilinear) to S x S unless already that size. Order is
+  the order of `files` and of records within them.
+
+  Raises:
+    ValueError: `central_crop_fraction` is not in (0, 1].
   """
+  central_crop_fraction = check_central_crop_fraction(central_crop_fraction)
   k = _num_multi_labels(files)
 
   def prepare(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
     ex = schema.parse_example(serialized, num_multi_labels=k)
     image = schema.decode_image(ex[schema.IMAGE_ENCODED], channels=3)
+    image = central_crop(image, central_crop_fraction)
     same = tf.reduce_all(tf.shape(image)[:2] == image_size)
     image = tf.cond(
       same,
@@ -126,14 +176,17 @@ def iterate_embeddings(
   image_size: int,
   batch_size: int = 32,
   log_every: int = 10,
+  central_crop_fraction: float = 1.0,
 ) -> Iterator[dict[str, np.ndarray]]:
   """Yields batches {'embedding': (B, C), field: (B, ...)} as NumPy arrays.
 
-  Logs progress (records, images/s) every `log_every` batches.
+  Images are prepared by `make_dataset`. Logs progress (records, images/s)
+  every `log_every` batches.
   """
   embed = make_embed_fn(model_path)
+  dataset = make_dataset(files, image_size, batch_size, central_crop_fraction)
   count, start = 0, time.perf_counter()
-  for step, batch in enumerate(make_dataset(files, image_size, batch_size), start=1):
+  for step, batch in enumerate(dataset, start=1):
     images = batch.pop("image")
     out = {name: value.numpy() for name, value in batch.items()}
     out[EMBEDDING_KEY] = embed(images).numpy()
@@ -231,6 +284,7 @@ def embed_dataset(
   image_size: int | None = None,
   batch_size: int = 32,
   log_every: int = 10,
+  central_crop_fraction: float = 1.0,
 ) -> int:
   """Embeds every record matching `data` and writes them to `output`.
 
@@ -241,22 +295,40 @@ def embed_dataset(
     image_size: side S images are resized to; None uses `default_image_size`.
     batch_size: images per forward pass.
     log_every: progress log period in batches.
+    central_crop_fraction: keep the central box of this fraction of each
+      side before resizing, in (0, 1]; 1 keeps the whole image.
 
   Returns:
     Number of records written.
 
   Raises:
-    ValueError: no files match `data`, or an unknown output extension.
+    ValueError: no files match `data`, an unknown output extension, or
+      `central_crop_fraction` not in (0, 1].
   """
+  central_crop_fraction = check_central_crop_fraction(central_crop_fraction)
   files = sorted(tf.io.gfile.glob(data))
   if not files:
     raise ValueError(f"No files match {data!r}.")
   if image_size is None:
     image_size = default_image_size(model_path)
-  logging.info("Embedding %d file(s) with %s at %d px.", len(files), model_path, image_size)
-  batches = iterate_embeddings(model_path, files, image_size, batch_size, log_every)
+  logging.info(
+    "Embedding %d file(s) with %s at %d px (central crop %g).",
+    len(files),
+    model_path,
+    image_size,
+    central_crop_fraction,
+  )
+  batches = iterate_embeddings(
+    model_path, files, image_size, batch_size, log_every, central_crop_fraction
+  )
   if output.endswith(".npz"):
-    return write_npz(batches, output, model=model_path, image_size=image_size)
+    return write_npz(
+      batches,
+      output,
+      model=model_path,
+      image_size=image_size,
+      central_crop_fraction=central_crop_fraction,
+    )
   if output.endswith((".tfrecord", ".tfrecords")):
     return write_tfrecord(batches, output)
   raise ValueError(f"Output must end with .npz, .tfrecord or .tfrecords: {output!r}")

@@ -7,6 +7,11 @@ Any SavedModel in the PhysioNet calling convention works (ours or the
 released ones). Output `.npz` holds 'embedding' (N, C) and each record's
 hashed ids, labels, split and site; `.tfrecord` streams tf.Examples instead
 (for large sets). See hub_export.embed.
+
+Preprocessing: every image is resized whole (bilinear) to --image_size.
+--central_crop_fraction=F (in (0, 1]; default 1.0, no crop) first keeps the
+central box of F times each side (e.g. 0.875, as in standard evaluation
+preprocessing), then resizes that box to --image_size.
 """
 
 from __future__ import annotations
@@ -26,6 +31,17 @@ _IMAGE_SIZE = flags.DEFINE_integer(
   "Image side; default: the model's assets/remedis.json, its release name "
   "(cxr: 448, path: 224), else 224.",
 )
+_CENTRAL_CROP_FRACTION = flags.DEFINE_float(
+  "central_crop_fraction",
+  1.0,
+  "Keep the central box of this fraction of each image side before resizing "
+  "to --image_size; in (0, 1], 1.0 keeps the whole image.",
+)
+flags.register_validator(
+  _CENTRAL_CROP_FRACTION.name,
+  lambda value: 0.0 < value <= 1.0,
+  message="--central_crop_fraction must be in (0, 1].",
+)
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 32, "Images per forward pass.")
 _LOG_EVERY = flags.DEFINE_integer("log_every", 10, "Progress log period, in batches.")
 
@@ -39,6 +55,7 @@ def main(argv: list[str]) -> None:
     image_size=_IMAGE_SIZE.value,
     batch_size=_BATCH_SIZE.value,
     log_every=_LOG_EVERY.value,
+    central_crop_fraction=_CENTRAL_CROP_FRACTION.value,
   )
   logging.info("Wrote %d embeddings to %s.", count, _OUTPUT.value)
 

@@ -8,7 +8,10 @@ The exported object, `obj = hub.load(path)` (or `tf.saved_model.load`), has:
     False (the reusable SavedModel API), so `hub.KerasLayer(path,
     trainable=True)` fine-tunes the whole encoder.
   * `obj.variables`, `obj.trainable_variables`, `obj.regularization_losses`
-    (empty: weight decay belongs to the fine-tuning optimizer).
+    (empty: weight decay belongs to the fine-tuning optimizer). They list
+    what `obj(...)` uses: a classifier head's variables are in
+    `obj.classifier_variables` instead (for a functional model; any other
+    model is called whole).
   * signatures `serving_default` (inference) and `serving_training`
     (training-mode forward pass), each images -> {'embedding': (N, C),
     'feature_map': (N, H/32, W/32, C)}. With Keras 3,
@@ -43,17 +46,34 @@ IMAGES_ARG = "images"
 LABELS_FILENAME = "labels.txt"
 
 IMAGE_SPEC = tf.TensorSpec([None, None, None, 3], tf.float32, name=IMAGES_ARG)
+PROBE_SIZE = 64  # Input side used to trace output shapes of models that accept any size.
+
+
+def _probe_spec(model: keras.Model) -> tf.TensorSpec:
+  """A (1, H, W, 3) input spec the model accepts: its fixed input side, else 64.
+
+  A model built with a fixed input shape (e.g. `load.load_encoder(...,
+  image_size=S)`) rejects other sizes in eager/shape checks, so it is probed
+  at its own size.
+  """
+  height = width = PROBE_SIZE
+  inputs = getattr(model, "inputs", None)
+  if inputs and len(inputs) == 1 and len(inputs[0].shape) == 4:
+    height = inputs[0].shape[1] or PROBE_SIZE
+    width = inputs[0].shape[2] or PROBE_SIZE
+  return tf.TensorSpec([1, height, width, 3], tf.float32)
 
 
 def output_shapes(model: keras.Model) -> dict[str, tf.TensorShape]:
-  """Returns the shapes of the model's output dict for a (1, 64, 64, 3) input.
+  """Returns the shapes of the model's output dict for a (1, H, W, 3) input.
 
-  Found by tracing, so nothing is computed.
+  H and W are the model's fixed input side, else PROBE_SIZE. Found by
+  tracing, so nothing is computed.
 
   Raises:
     ValueError: the model does not return a dict with 'feature_map'.
   """
-  spec = tf.TensorSpec([1, 64, 64, 3], tf.float32)
+  spec = _probe_spec(model)
   traced = tf.function(lambda x: model(x, training=False)).get_concrete_function(spec)
   structured = traced.structured_outputs
   if not isinstance(structured, dict) or FEATURE_MAP not in structured:
@@ -68,6 +88,21 @@ def _embedding(outputs: dict[str, tf.Tensor]) -> tf.Tensor:
   if EMBEDDING in outputs:
     return outputs[EMBEDDING]
   return tf.reduce_mean(outputs[FEATURE_MAP], axis=[1, 2])
+
+
+def _encoder_part(model: keras.Model) -> keras.Model:
+  """The model without its classifier head, when that can be cut off.
+
+  A functional model returning 'logits' next to 'feature_map' is rebuilt with
+  its 'feature_map' (and 'embedding') outputs only, so that `obj(images)` and
+  the serving signatures neither compute nor capture the head. Other models
+  are returned as they are.
+  """
+  outputs = getattr(model, "output", None) if getattr(model, "inputs", None) else None
+  if not isinstance(outputs, dict) or LOGITS not in outputs or FEATURE_MAP not in outputs:
+    return model
+  kept = {k: v for k, v in outputs.items() if k in (FEATURE_MAP, EMBEDDING)}
+  return keras.Model(model.inputs, kept, name=f"{model.name}_encoder")
 
 
 def _write_assets(
@@ -115,12 +150,14 @@ def build_export_object(
   if with_classifier and metadata.label_mode not in ("multiclass", "multilabel"):
     raise ValueError(f"label_mode must be multiclass or multilabel, got {metadata.label_mode!r}")
 
+  encoder = _encoder_part(model)
+
   @tf.function
   def call(images: tf.Tensor, training: bool = False) -> tf.Tensor:
-    return model(images, training=training)[FEATURE_MAP]
+    return encoder(images, training=training)[FEATURE_MAP]
 
   def _both_outputs(images: tf.Tensor, training: bool) -> dict[str, tf.Tensor]:
-    outputs = model(images, training=training)
+    outputs = encoder(images, training=training)
     return {EMBEDDING: _embedding(outputs), FEATURE_MAP: outputs[FEATURE_MAP]}
 
   serve = tf.function(lambda images: _both_outputs(images, False), input_signature=[IMAGE_SPEC])
@@ -133,9 +170,13 @@ def build_export_object(
   # Trace both values of `training` (the reusable SavedModel API).
   for training in (False, True):
     call.get_concrete_function(IMAGE_SPEC, training=training)
-  root.variables = list(model.variables)
-  root.trainable_variables = list(model.trainable_variables)
-  root.non_trainable_variables = list(model.non_trainable_variables)
+  # The reusable API lists the variables `__call__` uses: a classifier head
+  # (used by `classify` only) is not offered to `hub.KerasLayer` for training.
+  root.variables = list(encoder.variables)
+  root.trainable_variables = list(encoder.trainable_variables)
+  root.non_trainable_variables = list(encoder.non_trainable_variables)
+  encoder_ids = {id(v) for v in encoder.variables}
+  root.classifier_variables = [v for v in model.variables if id(v) not in encoder_ids]
   root.regularization_losses = []
   root.serve = serve
   root.serve_training = serve_training

@@ -73,6 +73,9 @@ def test_classifier_export(tmp_path):
   meta = metadata.metadata_for("clf", 2048, label_names=("a", "b", "c"), label_mode="multiclass")
   path = export.export_encoder(keras_model, str(tmp_path / "clf"), meta)
   obj = tf.saved_model.load(path)
+  # `obj(...)` and its reusable-API variables leave the head out; it is saved for `classify`.
+  assert len(obj.variables) == len(obj.trainable_variables) == 43
+  assert len(obj.classifier_variables) == 2
   images = rng.random((2, 64, 64, 3)).astype("float32")
   out = obj.signatures["classify"](images=tf.constant(images))
   logits = keras_model(images)["logits"].numpy().astype(np.float64)
