@@ -44,6 +44,15 @@ _PRETRAIN_STEPS = flags.DEFINE_integer(
 _FINETUNE_STEPS = flags.DEFINE_integer(
   "finetune_steps", None, "Steps of each fine-tuning run (default: the scale's)."
 )
+_FINETUNE_LR = flags.DEFINE_float(
+  "finetune_learning_rate", None, "Peak SGD learning rate of fine-tuning (default: the scale's)."
+)
+_HEADLINE = flags.DEFINE_enum(
+  "headline_finding",
+  None,
+  list(study_config.FINDINGS),
+  "Finding of the curves and the data-efficiency factor (default: the scale's).",
+)
 _NUM_SEEDS = flags.DEFINE_integer(
   "num_seeds", None, "Repeats per label count (default: the scale's)."
 )
@@ -68,6 +77,8 @@ def main(argv: list[str]) -> None:
     encoder=_ENCODER.value,
     pretrain_steps=_PRETRAIN_STEPS.value,
     finetune_steps=_FINETUNE_STEPS.value,
+    finetune_learning_rate=_FINETUNE_LR.value,
+    headline_finding=_HEADLINE.value,
     num_seeds=_NUM_SEEDS.value,
     num_workers=_NUM_WORKERS.value,
     until=_UNTIL.value,

@@ -30,7 +30,7 @@ def test_tiny_study_produces_every_artefact_and_resumes(tmp_path):
   with open(os.path.join(out, "report.json")) as f:
     saved = json.load(f)
   assert saved["synthetic"] is True and "SYNTHETIC" in saved["disclaimer"]
-  assert saved["headline_finding"] == "opacity"
+  assert saved["headline_finding"] == "cardiomegaly"
   assert saved["initialization"].startswith("random")
   for key in ("id", "ood"):
     for method in study_config.METHODS:

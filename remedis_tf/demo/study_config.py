@@ -95,11 +95,16 @@ class StudyConfig:
   augment_overrides: tuple[tuple[str, Any], ...] = DEMO_AUGMENT_OVERRIDES
   finetune_steps: int = 80
   finetune_batch_size: int = 32
-  finetune_learning_rate: float = 0.1
+  # Measured on the default archive (all site-A labels, 80 steps): peak lr
+  # 0.1 left both methods near chance; 0.03 learns.
+  finetune_learning_rate: float = 0.03
   site_a_labels: tuple[int, ...] = (16, 64, 256)
   site_b_labels: tuple[int, ...] = (8, 32, 128)
   num_seeds: int = 2
-  headline_finding: str = "opacity"
+  # Cardiomegaly (heart width, a global shape) is resolved by bit-tiny at
+  # 64 px within the CPU budget; the opacity blobs are faint at that size and
+  # both methods stay closer to chance on them. Both are reported (macro AUROC).
+  headline_finding: str = "cardiomegaly"
   num_workers: int = 2
   until: str | None = None
 
