@@ -52,7 +52,9 @@ def finetuned(tmp_path_factory):
     finetune_lib.FinetuneConfig(
       train_data=data,
       model_dir=model_dir,
-      init_from=source,
+      # A relative path: config.json must store it absolute, since the export
+      # below runs from another directory.
+      init_from=os.path.relpath(source),
       train_steps=2,
       encoder="bit-tiny",
       image_size=SIZE,
@@ -60,7 +62,9 @@ def finetuned(tmp_path_factory):
       learning_rate=1.0,  # Large enough that 2 steps move every weight visibly.
     )
   )
-  assert result["initialized_from"] == f"saved_model:{source}" and result["final_step"] == 2
+  assert result["initialized_from"].startswith("saved_model:") and result["final_step"] == 2
+  with open(os.path.join(model_dir, "config.json")) as f:
+    assert json.load(f)["saved_model_path"] == source
   return source, model_dir
 
 
@@ -71,7 +75,8 @@ def reexport(finetuned, tmp_path_factory):
   subprocess.run(
       [sys.executable, "-m", "hub_export.export_main", f"--model_dir={model_dir}",
        f"--output_dir={output_dir}", "--name=finetuned"],
-      cwd=_ROOT, check=True, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
+      cwd=str(output_dir), check=True,
+      env={**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": _ROOT},
   )  # fmt: skip
   return str(output_dir / "finetuned")
 

@@ -332,7 +332,7 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
     "task": "finetune",
     "encoder": "saved_model" if kind == "saved_model" else config.encoder,
     "encoder_source": "saved_model" if kind == "saved_model" else "bit",
-    "saved_model_path": config.init_from if kind == "saved_model" else None,
+    "saved_model_path": _absolute(config.init_from) if kind == "saved_model" else None,
     "label_mode": label_mode,
     "num_classes": num_classes,
     "label_names": label_names,
@@ -481,6 +481,13 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
     "train_examples": train_examples,
     "encoder_weights": fingerprint,
   }
+
+
+def _absolute(path: str | None) -> str | None:
+  """A local path made absolute (config.json is read from other directories)."""
+  if path is None or "://" in path:
+    return path
+  return os.path.abspath(path)
 
 
 def _initialize(encoder: keras.Model, kind: str, path: str | None) -> str:
