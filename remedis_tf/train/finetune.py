@@ -136,7 +136,8 @@ class FinetuneConfig:
     keep_checkpoint_max: retained checkpoints (None = all).
     seed: seed of the head init, data order and label-fraction subset.
     mixed_precision: None or 'bfloat16'.
-    jit_compile: XLA-compile the replica step.
+    jit_compile: XLA-compile the replica step (only the encoder when
+      replicas span several workers; see distribute.jit_scope).
     steps_per_loop: steps per compiled call.
     log_every_steps: progress line period.
   """
@@ -398,9 +399,9 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
         image_size=config.image_size,
         training=True,
         preset=data_lib.get_preset(config.augment_preset, **dict(config.augment_overrides)),
+        # Fixed seed (the label subset and order never depend on the step);
+        # a resumed run skips what the finished steps consumed.
         seed=config.seed,
-        # The label subset depends on the seed alone, never on the step.
-        subset_seed=config.seed,
         deterministic=True,
         skip_examples=distribute.consumed_examples(ctx, config.global_batch_size, start_step),
         label_mode=label_mode,
@@ -413,8 +414,7 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
     dataset = strategy.distribute_datasets_from_function(dataset_fn)
     writer = progress.summary_writer(os.path.join(write_dir, "train") if chief else None)
 
-    jit = distribute.jit_scope(strategy, config.jit_compile)
-    net = loop.CompiledEncoder(encoder) if jit == "encoder" else encoder
+    net, jit_step = loop.apply_jit_scope(strategy, encoder, config.jit_compile)
 
     def replica_step(batch: tuple[tf.Tensor, tf.Tensor]) -> dict[str, tf.Tensor]:
       images, labels = batch
@@ -452,7 +452,7 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
         checkpoint_steps=config.checkpoint_steps,
         writer=writer,
         steps_per_loop=config.steps_per_loop,
-        jit_compile=jit == "step",
+        jit_compile=jit_step,
         log_every_steps=config.log_every_steps,
         summary_every_steps=config.log_every_steps,
         learning_rate=lambda s: float(schedule(s)),

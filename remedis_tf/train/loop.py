@@ -16,7 +16,9 @@ from typing import Any
 
 import numpy as np
 import tensorflow as tf
+from absl import logging
 
+from remedis_tf.train import distribute
 from remedis_tf.train.checkpointing import Checkpointer
 from remedis_tf.train.preemption import PreemptionWatcher
 from remedis_tf.train.progress import Progress, write_scalars
@@ -70,6 +72,28 @@ class CompiledEncoder:
 
   def __getattr__(self, name: str) -> Any:
     return getattr(self.encoder, name)
+
+
+def apply_jit_scope(
+  strategy: tf.distribute.Strategy, encoder: Any, jit_compile: bool
+) -> tuple[Any, bool]:
+  """What a trainer runs under `--jit_compile` (see distribute.jit_scope).
+
+  Returns:
+    (encoder to call in the replica step, whether to XLA-compile the whole
+    step): the encoder wrapped in CompiledEncoder when only it may be
+    compiled, else the encoder itself. The choice is logged.
+  """
+  scope = distribute.jit_scope(strategy, jit_compile)
+  if scope == "step":
+    logging.info("jit_compile: XLA compiles the per-replica step.")
+  elif scope == "encoder":
+    logging.info(
+      "jit_compile: XLA compiles the encoder's forward and backward pass "
+      "(collectives across workers stay outside XLA)."
+    )
+  net = CompiledEncoder(encoder) if scope == "encoder" else encoder
+  return net, scope == "step"
 
 
 def make_train_function(

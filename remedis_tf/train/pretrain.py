@@ -393,15 +393,7 @@ def pretrain(config: PretrainConfig) -> dict[str, Any]:
       progress.write_images(writer, start_step, "views/view1", sample["view1"])
       progress.write_images(writer, start_step, "views/view2", sample["view2"])
 
-    jit = distribute.jit_scope(strategy, config.jit_compile)
-    if jit == "step":
-      logging.info("jit_compile: XLA compiles the per-replica step.")
-    elif jit == "encoder":
-      logging.info(
-        "jit_compile: XLA compiles the encoder's forward and backward pass "
-        "(collectives across workers stay outside XLA)."
-      )
-    net = loop.CompiledEncoder(encoder) if jit == "encoder" else encoder
+    net, jit_step = loop.apply_jit_scope(strategy, encoder, config.jit_compile)
 
     def replica_step(batch: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
       recorder = _RecordingEncoder(net)
@@ -436,7 +428,7 @@ def pretrain(config: PretrainConfig) -> dict[str, Any]:
         checkpoint_steps=config.checkpoint_steps,
         writer=writer,
         steps_per_loop=config.steps_per_loop,
-        jit_compile=jit == "step",
+        jit_compile=jit_step,
         log_every_steps=config.log_every_steps,
         summary_every_steps=config.summary_every_steps,
         learning_rate=lambda s: float(schedule(s)),
