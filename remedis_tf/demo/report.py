@@ -1,188 +1,174 @@
-"""The demo study's report: data-efficiency factor, plots, Markdown and JSON.
+"""Rendering helpers of the demo study's report: plots with interval bands, number formats, JSON.
 
-A *curve* maps a number of labeled training examples to the AUROCs measured
-with that many labels, one AUROC per seed: `{n_labels: [auroc_seed0, ...]}`.
+The statistics live in `remedis_tf.demo.study_stats`; this module only draws
+and formats what they computed. A value without an interval (one that could
+not be estimated) is drawn as a bare marker and printed without brackets.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-
-import numpy as np
-
-Curve = Mapping[int, Sequence[float]]
+from typing import Any
 
 
-@dataclass(frozen=True)
-class CurveSummary:
-  """Mean and 95% interval over seeds of one curve, sorted by label count."""
+@dataclasses.dataclass(frozen=True)
+class Series:
+  """One line of a plot: values at measured label counts, with optional intervals.
 
-  n_labels: list[int]
-  mean: list[float]
-  low: list[float]
-  high: list[float]
-  seeds: int
-
-
-def summarize_curve(curve: Curve) -> CurveSummary:
-  """Mean and a 95% t-interval over seeds at every label count.
-
-  With one seed the interval collapses to the point.
+  Attributes:
+    label: legend entry.
+    n_labels: measured label counts (x), increasing.
+    values: y per count.
+    low: interval lower bound per count; None where not estimated.
+    high: interval upper bound per count; None where not estimated.
   """
-  ns = sorted(curve)
-  means, lows, highs = [], [], []
-  seeds = min((len(curve[n]) for n in ns), default=0)
-  for n in ns:
-    values = np.asarray(curve[n], dtype=np.float64)
-    mean = float(values.mean())
-    if values.size > 1:
-      half = _t_quantile_975(values.size - 1) * float(values.std(ddof=1)) / math.sqrt(values.size)
-    else:
-      half = 0.0
-    means.append(mean)
-    lows.append(max(0.0, mean - half))
-    highs.append(min(1.0, mean + half))
-  return CurveSummary(ns, means, lows, highs, seeds)
+
+  label: str
+  n_labels: Sequence[int]
+  values: Sequence[float]
+  low: Sequence[float | None]
+  high: Sequence[float | None]
 
 
-def _t_quantile_975(dof: int) -> float:
-  """Two-sided 95% Student-t quantile for small degrees of freedom."""
-  table = {
-    1: 12.706,
-    2: 4.303,
-    3: 3.182,
-    4: 2.776,
-    5: 2.571,
-    6: 2.447,
-    7: 2.365,
-    8: 2.306,
-    9: 2.262,
-    10: 2.228,
-  }
-  return table.get(dof, 1.96 if dof > 30 else 2.1)
+@dataclasses.dataclass(frozen=True)
+class Panel:
+  """One axes of a figure.
 
-
-def labels_to_reach(curve: Curve, target: float) -> float | None:
-  """Fewest labels at which the curve's mean AUROC reaches `target`.
-
-  Between two measured label counts the mean is interpolated linearly in
-  log(n), the axis on which label-efficiency curves are drawn. Returns None
-  when no measured point reaches the target.
+  Attributes:
+    title: axes title.
+    series: the lines.
+    ylabel: y-axis label.
+    xlabel: x-axis label.
+    hline: (y, legend label) of a dotted reference line (chance, or zero
+      difference); None for none.
+    references: legend label -> y of dashed horizontal lines (values without
+      a label count, e.g. zero-shot AUROC).
   """
-  summary = summarize_curve(curve)
-  ns, means = summary.n_labels, summary.mean
-  for i, (n, m) in enumerate(zip(ns, means, strict=True)):
-    if m >= target:
-      if i == 0:
-        return float(n)
-      n0, m0 = ns[i - 1], means[i - 1]
-      if m == m0:
-        return float(n)
-      frac = (target - m0) / (m - m0)
-      return float(math.exp(math.log(n0) + frac * (math.log(n) - math.log(n0))))
-  return None
+
+  title: str
+  series: Sequence[Series]
+  ylabel: str
+  xlabel: str
+  hline: tuple[float, str] | None = (0.5, "chance (AUROC 0.5)")
+  references: Mapping[str, float] = dataclasses.field(default_factory=dict)
 
 
-def data_efficiency(remedis: Curve, baseline: Curve) -> dict[str, object]:
-  """How many times fewer labels REMEDIS needs to match the baseline's best.
+def plot_panels(path: str, panels: Sequence[Panel]) -> list[dict[str, list[Any]]]:
+  """Writes a PNG with one axes per panel, side by side, log-scaled label axis.
 
-  The target is the baseline's best mean AUROC over all label counts, reached
-  by the baseline at `baseline_labels` (the fewest labels where it is
-  reached). The factor is baseline_labels / remedis_labels, where
-  remedis_labels comes from `labels_to_reach`. When REMEDIS never reaches the
-  target the factor is the string "not reached".
-  """
-  base = summarize_curve(baseline)
-  best = max(base.mean)
-  baseline_labels = base.n_labels[base.mean.index(best)]
-  remedis_labels = labels_to_reach(remedis, best)
-  factor: float | str
-  factor = "not reached" if remedis_labels is None else baseline_labels / remedis_labels
-  return {
-    "target_auroc": best,
-    "baseline_labels": baseline_labels,
-    "remedis_labels": remedis_labels,
-    "factor": factor,
-  }
-
-
-def plot_curves(
-  path: str,
-  title: str,
-  curves: Mapping[str, Curve],
-  ylabel: str = "AUROC",
-  references: Mapping[str, float] | None = None,
-  xlabel: str = "labeled training images",
-) -> None:
-  """Writes a PNG of mean AUROC (with 95% interval bands) against label count.
+  The x ticks are exactly the measured label counts, written as plain
+  numbers (no minor ticks, no scientific notation). Intervals are drawn as a
+  band between neighbouring counts and a vertical bar at each count.
 
   Args:
     path: PNG file to write.
-    title: plot title.
-    curves: name -> curve.
-    ylabel: y-axis label.
-    references: name -> value drawn as a dashed horizontal line (e.g. a
-      zero-shot AUROC, which has no label count); non-finite values skipped.
-    xlabel: x-axis label.
+    panels: the axes, left to right.
+
+  Returns:
+    Per panel, the x ticks as drawn: {'x_ticks': [...], 'x_tick_labels':
+    [...], 'minor_tick_labels': [...]} (read back from the rendered axes).
   """
   import matplotlib  # noqa: PLC0415 - keep matplotlib out of import time
 
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # noqa: PLC0415
+  from matplotlib import ticker  # noqa: PLC0415
 
-  fig, ax = plt.subplots(figsize=(5.5, 4.0), dpi=100)
-  for name, curve in curves.items():
-    s = summarize_curve(curve)
-    ax.plot(s.n_labels, s.mean, marker="o", label=f"{name} (seeds={s.seeds})")
-    ax.fill_between(s.n_labels, s.low, s.high, alpha=0.2)
-  for i, (name, value) in enumerate((references or {}).items()):
-    if math.isfinite(value):
-      ax.axhline(value, linestyle="--", linewidth=1.0, color=f"C{i}", label=name)
-  ax.set_xscale("log")
-  ax.set_xlabel(xlabel)
-  ax.set_ylabel(ylabel)
-  ax.set_title(title)
-  ax.grid(True, which="both", alpha=0.3)
-  ax.legend(loc="lower right", fontsize="small")
+  fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2), dpi=100, squeeze=False)
+  for ax, panel in zip(axes[0], panels, strict=True):
+    ticks = sorted({int(n) for s in panel.series for n in s.n_labels})
+    for i, s in enumerate(panel.series):
+      color = f"C{i}"
+      ax.plot(s.n_labels, s.values, marker="o", color=color, label=s.label)
+      low = [math.nan if v is None else v for v in s.low]
+      high = [math.nan if v is None else v for v in s.high]
+      ax.fill_between(s.n_labels, low, high, color=color, alpha=0.18, linewidth=0)
+      bars = [
+        (n, lo, hi) for n, lo, hi in zip(s.n_labels, low, high, strict=True) if not math.isnan(lo)
+      ]
+      if bars:
+        ax.vlines(*zip(*bars, strict=True), color=color, linewidth=1.5)
+    for j, (name, value) in enumerate(panel.references.items()):
+      if math.isfinite(value):
+        ax.axhline(value, linestyle="--", linewidth=1.0, color=f"C{j}", label=name)
+    if panel.hline is not None:
+      ax.axhline(panel.hline[0], linestyle=":", linewidth=1.2, color="0.4", label=panel.hline[1])
+    ax.set_xscale("log")
+    if ticks:
+      ax.set_xlim(ticks[0] / 1.5, ticks[-1] * 1.5)
+      ax.xaxis.set_major_locator(ticker.FixedLocator(ticks))
+      ax.xaxis.set_major_formatter(ticker.FixedFormatter([str(n) for n in ticks]))
+    ax.xaxis.set_minor_locator(ticker.NullLocator())
+    ax.set_xlabel(panel.xlabel)
+    ax.set_ylabel(panel.ylabel)
+    ax.set_title(panel.title, fontsize="medium")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="best", fontsize="x-small")
   fig.tight_layout()
   fig.savefig(path, format="png")
+  drawn = [
+    {
+      "x_ticks": [float(t) for t in ax.get_xticks()],
+      "x_tick_labels": [t.get_text() for t in ax.get_xticklabels()],
+      "minor_tick_labels": [t.get_text() for t in ax.get_xticklabels(minor=True)],
+    }
+    for ax in axes[0]
+  ]
   plt.close(fig)
+  return drawn
 
 
-def write_json(path: str, payload: Mapping[str, object]) -> None:
-  """Writes JSON atomically (temporary name, then rename)."""
-  tmp = f"{path}.tmp"
-  with open(tmp, "w") as f:
-    json.dump(payload, f, indent=2, sort_keys=True, default=_json_default)
+def fmt_value(value: float | None, digits: int = 3) -> str:
+  """A number, or 'n/a' when missing."""
+  return "n/a" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
+
+
+def fmt_interval(
+  value: float | None, low: float | None, high: float | None, digits: int = 3, sign: bool = False
+) -> str:
+  """'v [lo, hi]', or just 'v' when the interval was not estimated."""
+  if value is None:
+    return "n/a"
+  spec = f"+.{digits}f" if sign else f".{digits}f"
+  if low is None or high is None:
+    return f"{value:{spec}} (no CI)"
+  return f"{value:{spec}} [{low:{spec}}, {high:{spec}}]"
+
+
+def fmt_p(p: float | None) -> str:
+  """A p-value with two significant digits ('n/a' when missing)."""
+  return "n/a" if p is None else f"{p:.2g}"
+
+
+def fmt_factor(value: float | str | None) -> str:
+  """'2.3×', 'not reached' or 'n/a'."""
+  if value is None:
+    return "n/a"
+  if isinstance(value, str):
+    return value
+  return f"{value:.2f}×" if value < 10 else f"{value:.1f}×"
+
+
+def write_json(path: str, payload: Mapping[str, Any]) -> None:
+  """Writes strict JSON (NaN or infinity is an error) atomically: temporary name, then rename."""
+  tmp = f"{path}.tmp-{os.getpid()}"
+  with open(tmp, "w", encoding="utf-8") as f:
+    json.dump(payload, f, indent=2, sort_keys=True, allow_nan=False)
   os.replace(tmp, path)
 
 
-def _json_default(value: object) -> object:
-  if isinstance(value, np.generic):
-    return value.item()
-  if isinstance(value, np.ndarray):
-    return value.tolist()
-  raise TypeError(f"not JSON serialisable: {type(value).__name__}")
-
-
-def curve_table(curves: Mapping[str, Curve]) -> str:
-  """A Markdown table: one row per label count, one column per curve (mean [95% CI])."""
-  names = list(curves)
-  ns = sorted({n for c in curves.values() for n in c})
-  lines = ["| labels | " + " | ".join(names) + " |", "|---:|" + "---:|" * len(names)]
-  summaries = {name: summarize_curve(c) for name, c in curves.items()}
-  for n in ns:
-    cells = []
-    for name in names:
-      s = summaries[name]
-      if n in s.n_labels:
-        i = s.n_labels.index(n)
-        cells.append(f"{s.mean[i]:.3f} [{s.low[i]:.3f}, {s.high[i]:.3f}]")
-      else:
-        cells.append("-")
-    lines.append(f"| {n} | " + " | ".join(cells) + " |")
-  return "\n".join(lines)
+def json_safe(value: Any) -> Any:
+  """NumPy scalars to Python numbers and non-finite floats to None, recursively."""
+  if isinstance(value, Mapping):
+    return {str(k): json_safe(v) for k, v in value.items()}
+  if isinstance(value, list | tuple):
+    return [json_safe(v) for v in value]
+  if hasattr(value, "item") and callable(value.item) and getattr(value, "ndim", None) == 0:
+    value = value.item()
+  if isinstance(value, float) and not math.isfinite(value):
+    return None
+  return value

@@ -1,19 +1,25 @@
 """Turns the demo study's stage results into report.json, report.md and PNG plots.
 
-Curves use the AUROC of the headline finding: in-distribution (ID) on the
-site-A test split against site-A labels, out-of-distribution (OOD) on the
-site-B test split against site-B labels. Curves of the macro AUROC over both
-findings are reported too. Everything is measured; nothing is assumed.
+Every number comes from the runs' saved test-set predictions through
+`remedis_tf.demo.study_stats`: the AUROC of each finding in distribution (ID,
+site-A test split, after site-A labels), out of distribution (OOD, site-B
+test split, after site-A and a few site-B labels) and zero-shot OOD (the
+all-site-A model on the site-B test split), each method's AUROC with a
+patient-level bootstrap 95% interval, the paired difference ΔAUROC = REMEDIS -
+baseline with its interval and one-sided p-value, and the data-efficiency
+factor with its interval. The verdict sentences follow the intervals.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from remedis_tf.demo import report as report_lib
+from remedis_tf.demo import study_stats
 from remedis_tf.demo.study_config import FINDINGS, METHODS, StudyConfig
 
 DISCLAIMER = (
@@ -22,17 +28,181 @@ DISCLAIMER = (
   "it says nothing about clinical performance."
 )
 NAMES = {"remedis": "REMEDIS (init + SimCLR + fine-tune)", "baseline": "Supervised baseline"}
-PLOTS = {"id": "auroc_id_siteA.png", "ood": "auroc_ood_siteB.png"}
+SHORT = {"remedis": "REMEDIS", "baseline": "baseline"}
+PLOTS = {"id": "auroc_id_siteA.png", "ood": "auroc_ood_siteB.png", "delta": "delta_auroc.png"}
+WHERE = {"id": "ID (site A)", "ood": "OOD (site B)"}
 
 
-def _finite(value: Any) -> bool:
-  return isinstance(value, int | float) and math.isfinite(value)
+# ---------------------------------------------------------------- verdicts
+
+
+def factor_verdict(setting: Mapping[str, Any], where: str) -> str:
+  """The data-efficiency sentence of one setting; it follows the factor's interval.
+
+  "REMEDIS needs k× fewer labels (95% CI a–b)" only when the interval's lower
+  bound is above 1×; "more labels" only when its upper bound is below 1×;
+  otherwise the data do not establish a difference. Near-chance curves give
+  no factor and are named as no evidence.
+
+  Args:
+    setting: a label sweep's statistics (`study_stats` 'id' or 'ood').
+    where: e.g. "OOD (site B)".
+
+  Returns:
+    One or two sentences.
+  """
+  f = setting["factor"]
+  if not f["computed"]:
+    reason = f["reason"]
+    if reason == "both methods stay near chance":
+      return (
+        f"{where}: neither method's AUROC is clearly above chance at any label count (none has "
+        f"a 95% CI above 0.5 and an AUROC of at least "
+        f"{study_stats.CHANCE + study_stats.CHANCE_MARGIN:.2f}): these curves are no evidence "
+        "either way, and no data-efficiency factor is computed from them."
+      )
+    if reason == "the baseline stays near chance":
+      return (
+        f"{where}: the baseline's AUROC is not clearly above chance at any label count, so there "
+        "is no baseline level to match and no data-efficiency factor is computed; the ΔAUROC "
+        "table compares the methods."
+      )
+    return f"{where}: no data-efficiency factor could be estimated ({reason})."
+  target = f"the baseline's best AUROC ({f['target_auroc']:.3f}, at {f['baseline_labels']} labels)"
+  ci = f"95% CI {report_lib.fmt_factor(f['ci_low'])} to {report_lib.fmt_factor(f['ci_high'])}"
+  reached = f"REMEDIS reaches it in {f['fraction_reached']:.0%} of bootstrap replicates"
+  lower = ""
+  if f["fraction_lower_bound"] > 0:
+    lower = (
+      f"; in {f['fraction_lower_bound']:.0%} of them already at its smallest measured label "
+      "count, where the factor is a lower bound"
+    )
+  if f["ci_low_above_1"]:
+    return (
+      f"{where}: REMEDIS needs {report_lib.fmt_factor(f['median'])} fewer labels ({ci}) to reach "
+      f"{target}; {reached}{lower}."
+    )
+  if f["ci_high_below_1"]:
+    return (
+      f"{where}: REMEDIS needs more labels than the baseline to reach {target}: factor "
+      f"{report_lib.fmt_factor(f['median'])} ({ci}, below 1×); {reached}{lower}."
+    )
+  return (
+    f"{where}: the data do not establish a difference in label efficiency: factor "
+    f"{report_lib.fmt_factor(f['median'])} ({ci}, which includes 1×) to reach {target}; "
+    f"{reached}{lower}."
+  )
+
+
+def bar_verdict(setting: Mapping[str, Any]) -> str:
+  """The OOD factor against REMEDIS's bar: ≥ 3× with a 95% CI lower bound above 1×."""
+  bar = (
+    f"REMEDIS's bar (an OOD factor of at least {study_stats.REMEDIS_BAR:.0f}× whose 95% CI lower "
+    "bound is above 1×)"
+  )
+  f = setting["factor"]
+  if not f["computed"]:
+    return f"{bar}: not met; no factor could be estimated here."
+  met = "met" if f["meets_remedis_bar"] else "not met"
+  return (
+    f"{bar}: {met} (median {report_lib.fmt_factor(f['median'])}, CI lower bound "
+    f"{report_lib.fmt_factor(f['ci_low'])})."
+  )
+
+
+def delta_verdict(setting: Mapping[str, Any], where: str) -> str:
+  """How many label counts have a ΔAUROC interval above, below or around 0."""
+  points = [p for p in setting["points"] if p["delta"] is not None]
+  if not setting["intervals_estimated"]:
+    return (
+      f"{where}: intervals not estimated (only {setting['valid_replicates']} of "
+      f"{setting['replicates']} replicates hold both classes)."
+    )
+  above = [
+    _label(p) for p in points if p["delta"]["ci_low"] is not None and p["delta"]["ci_low"] > 0
+  ]
+  below = [
+    _label(p) for p in points if p["delta"]["ci_high"] is not None and p["delta"]["ci_high"] < 0
+  ]
+  around = len(points) - len(above) - len(below)
+  parts = [f"above 0 at {len(above)} of {len(points)} label counts" + _listed(above)]
+  if below:
+    parts.append(f"below 0 at {len(below)}" + _listed(below))
+  parts.append(f"includes 0 at {around}")
+  return f"{where}: the 95% CI of ΔAUROC (REMEDIS − baseline) is " + ", ".join(parts) + "."
+
+
+def zero_shot_verdict(setting: Mapping[str, Any] | None) -> str:
+  """Zero-shot OOD: both AUROCs and the paired difference."""
+  if not setting or not setting["points"]:
+    return "Zero-shot OOD: not measured."
+  p = setting["points"][0]
+  cells = []
+  for m in METHODS:
+    s = p[m]
+    cells.append(
+      f"{SHORT[m]} " + ("n/a" if s is None else _interval(s["auroc"], s["ci_low"], s["ci_high"]))
+    )
+  text = "Zero-shot OOD (all-site-A model on the site-B test split, no site-B labels): "
+  text += ", ".join(cells)
+  d = p["delta"]
+  if d is not None:
+    text += (
+      f"; ΔAUROC {_interval(d['value'], d['ci_low'], d['ci_high'], sign=True)}, "
+      f"one-sided p = {report_lib.fmt_p(d['p_value'])}"
+    )
+  return text + "."
+
+
+def _label(point: Mapping[str, Any]) -> str:
+  return f"{point['n_labels']} (all)" if point["all_labels"] else str(point["n_labels"])
+
+
+def _listed(labels: Sequence[str]) -> str:
+  return f" ({', '.join(labels)})" if labels else ""
+
+
+def _interval(value, low, high, sign: bool = False) -> str:
+  return report_lib.fmt_interval(value, low, high, sign=sign)
+
+
+def caveats(stats: Mapping[str, Any], finding: str) -> list[str]:
+  """Warnings computed from the statistics (single seeds, dropped replicates, exclusions)."""
+  out = [
+    "The intervals resample test patients with the trained models fixed (seeds averaged "
+    "inside each replicate); they do not include training randomness beyond the seeds run. "
+    "p-values are per label count, not adjusted for multiple comparisons."
+  ]
+  f = stats["findings"][finding]
+  single = [
+    "zero-shot OOD" if key == "zero_shot" else f"{WHERE[key]} at {_label(p)}"
+    for key in ("id", "ood", "zero_shot")
+    if f.get(key)
+    for p in f[key]["points"]
+    if any(p[m] is not None and len(p[m]["seeds"]) == 1 for m in METHODS)
+  ]
+  if single:
+    out.append(f"One seed only at: {', '.join(single)}.")
+  for key in ("id", "ood", "zero_shot"):
+    s = f.get(key)
+    if s and s["valid_replicates"] < s["replicates"]:
+      out.append(
+        f"{WHERE.get(key, 'Zero-shot OOD')}: {s['replicates'] - s['valid_replicates']} of "
+        f"{s['replicates']} bootstrap replicates drew test patients of one class only for "
+        f"{finding} and were dropped for that test set."
+      )
+  for e in stats["excluded_runs"]:
+    out.append(f"Left out ({e['reason']}): {e['run']}, {e['finding']} on {e['site']}.")
+  return out
+
+
+# ---------------------------------------------------------------- report dict
 
 
 def build_curve(
   runs: Sequence[Mapping[str, Any]], method: str, eval_site: str, metric: str
 ) -> dict[int, list[float]]:
-  """{n_labels: [value per seed]} of one method on one test site.
+  """{n_labels: [value per seed]} from the runs' recorded metrics (undefined values left out).
 
   Args:
     runs: fine-tuning run records of one label sweep.
@@ -41,135 +211,96 @@ def build_curve(
     metric: a finding name (its AUROC) or 'macro' (macro AUROC).
 
   Returns:
-    The curve; undefined (NaN) values are left out, and so are empty points.
+    The curve.
   """
   curve: dict[int, list[float]] = {}
   for run in runs:
-    if run["method"] != method or eval_site not in run["metrics"]:
+    if run["method"] != method or eval_site not in run.get("metrics", {}):
       continue
     m = run["metrics"][eval_site]
-    value = m["macro_auroc"] if metric == "macro" else m["auroc"].get(metric)
-    if _finite(value):
+    value = m.get("macro_auroc") if metric == "macro" else m.get("auroc", {}).get(metric)
+    if isinstance(value, int | float) and math.isfinite(value):
       curve.setdefault(int(run["n_labels"]), []).append(float(value))
   return curve
 
 
-def _summary_dict(curve: Mapping[int, Sequence[float]]) -> dict[str, Any]:
-  if not curve:
-    return {"n_labels": [], "mean": [], "low": [], "high": [], "seeds": 0}
-  s = report_lib.summarize_curve(curve)
-  return {"n_labels": s.n_labels, "mean": s.mean, "low": s.low, "high": s.high, "seeds": s.seeds}
+def _curves(setting: Mapping[str, Any]) -> dict[str, dict[str, list[float]]]:
+  """{method: {n: per-seed AUROC}} of the headline finding (from the predictions)."""
+  return {
+    m: {str(p["n_labels"]): list(p[m]["per_seed"]) for p in setting["points"] if p[m]}
+    for m in METHODS
+  }
 
 
-def _efficiency(curves: Mapping[str, Mapping[int, Sequence[float]]]) -> dict[str, Any]:
-  if not curves["remedis"] or not curves["baseline"]:
-    return {"factor": "not measured", "reason": "a curve has no defined AUROC"}
-  return report_lib.data_efficiency(curves["remedis"], curves["baseline"])
-
-
-def _comparison(curves: Mapping[str, Mapping[int, Sequence[float]]]) -> dict[str, Any]:
-  """Label counts where REMEDIS's mean AUROC is above / not above the baseline's."""
-  better, not_better = [], []
-  for n in sorted(set(curves["remedis"]) & set(curves["baseline"])):
-    r = sum(curves["remedis"][n]) / len(curves["remedis"][n])
-    b = sum(curves["baseline"][n]) / len(curves["baseline"][n])
-    (better if r > b else not_better).append(n)
-  return {"remedis_better_at": better, "remedis_not_better_at": not_better}
-
-
-def _zero_shot(runs: Sequence[Mapping[str, Any]], metric: str) -> dict[str, Any]:
-  """OOD AUROC of each method's all-site-A model on site B (no site-B labels)."""
+def _summaries(setting: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
   out = {}
-  for method in METHODS:
-    values = [
-      v
-      for v in build_curve(
-        [r for r in runs if r.get("all_labels")], method, "siteB", metric
-      ).values()
-      for v in v
-    ]
-    out[method] = {"values": values, "mean": sum(values) / len(values) if values else None}
+  for m in METHODS:
+    pts = [p for p in setting["points"] if p[m] is not None]
+    out[m] = {
+      "n_labels": [p["n_labels"] for p in pts],
+      "mean": [p[m]["auroc"] for p in pts],
+      "low": [p[m]["ci_low"] for p in pts],
+      "high": [p[m]["ci_high"] for p in pts],
+      "seeds": min((len(p[m]["seeds"]) for p in pts), default=0),
+    }
   return out
 
 
-def caveats(summaries: Mapping[str, Mapping[str, Any]], chance_margin: float = 0.1) -> list[str]:
-  """Warnings that keep the headline honest: near-chance curves, overlapping intervals.
-
-  Args:
-    summaries: {'id'|'ood': {method: summary dict}}.
-    chance_margin: a curve whose best mean AUROC is below 0.5 + this is near chance.
-
-  Returns:
-    Sentences for the report (empty when none applies).
-  """
-  out = []
-  for key, where in (("id", "ID (site A)"), ("ood", "OOD (site B)")):
-    best = max((m for s in summaries[key].values() for m in s["mean"]), default=float("nan"))
-    if not best >= 0.5 + chance_margin:
-      out.append(
-        f"{where}: the best mean AUROC of either method is {best:.3f}, close to chance (0.5); "
-        "the models learned little with this budget, so differences between the methods "
-        "and the data-efficiency factor are noise, not evidence."
+def _check_runs(config: StudyConfig, runs: Sequence[Mapping[str, Any]]) -> None:
+  """Refuses runs that did not train their full step count (their curves would mix budgets)."""
+  for run in runs:
+    steps = run.get("steps_trained")
+    if steps is None:
+      raise ValueError(f"{run.get('model_dir')}: run record has no 'steps_trained'.")
+    if int(steps) < config.finetune_steps:
+      raise ValueError(
+        f"{run.get('model_dir')}: trained {steps} of {config.finetune_steps} steps; an "
+        "unfinished run must be resumed, not reported."
       )
-    r, b = summaries[key]["remedis"], summaries[key]["baseline"]
-    overlap = [
-      n
-      for n in r["n_labels"]
-      if n in b["n_labels"]
-      and r["low"][r["n_labels"].index(n)] <= b["high"][b["n_labels"].index(n)]
-      and b["low"][b["n_labels"].index(n)] <= r["high"][r["n_labels"].index(n)]
-    ]
-    if overlap:
-      out.append(f"{where}: the 95% intervals of the two methods overlap at labels {overlap}.")
-  return out
-
-
-def _verdict(factor: Mapping[str, Any], comparison: Mapping[str, Any], where: str) -> str:
-  better, worse = comparison["remedis_better_at"], comparison["remedis_not_better_at"]
-  f = factor.get("factor")
-  if isinstance(f, float):
-    reach = (
-      f"REMEDIS reaches the baseline's best {where} AUROC "
-      f"({factor['target_auroc']:.3f}, at {factor['baseline_labels']} labels) with "
-      f"{factor['remedis_labels']:.0f} labels: {f:.1f}x fewer labels."
-    )
-  else:
-    reach = f"REMEDIS does not reach the baseline's best {where} AUROC (factor: {f})."
-  return (
-    f"{reach} Mean AUROC of REMEDIS is above the baseline's at {len(better)} of "
-    f"{len(better) + len(worse)} label counts."
-  )
 
 
 def build_report(
   config: StudyConfig,
   results: Mapping[str, Mapping[str, Any]],
   stage_seconds: Mapping[str, float],
+  *,
+  num_replicates: int = study_stats.DEFAULT_REPLICATES,
+  bootstrap_seed: int | None = None,
+  environment: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-  """The report dict (see the module docstring) from the stage results."""
+  """The report dict from the stage results.
+
+  Args:
+    config: the study's configuration.
+    results: stage name -> stage result; the fine-tuning stages hold 'runs'
+      (records with 'steps_trained' and 'predictions': {site: .npz}).
+    stage_seconds: stage name -> seconds.
+    num_replicates: bootstrap replicates.
+    bootstrap_seed: bootstrap seed (default: config.seed).
+    environment: CPU, oneDNN, TensorFlow and per-stage throughput, or None.
+
+  Returns:
+    A JSON-serialisable dict (no NaN).
+  """
   runs_a = results["finetune_site_a"]["runs"]
   runs_b = results["finetune_site_b"]["runs"]
+  _check_runs(config, [*runs_a, *runs_b])
   finding = config.headline_finding
-  curves = {
-    "id": {m: build_curve(runs_a, m, "siteA", finding) for m in METHODS},
-    "ood": {m: build_curve(runs_b, m, "siteB", finding) for m in METHODS},
-  }
-  macro = {
-    "id": {m: build_curve(runs_a, m, "siteA", "macro") for m in METHODS},
-    "ood": {m: build_curve(runs_b, m, "siteB", "macro") for m in METHODS},
-  }
-  per_finding = {
-    f: {
-      "id": {m: build_curve(runs_a, m, "siteA", f) for m in METHODS},
-      "ood": {m: build_curve(runs_b, m, "siteB", f) for m in METHODS},
-    }
-    for f in FINDINGS
-  }
-  efficiency = {k: _efficiency(curves[k]) for k in curves}
-  comparison = {k: _comparison(curves[k]) for k in curves}
+  start = time.perf_counter()
+  stats = study_stats.study_statistics(
+    runs_a,
+    runs_b,
+    FINDINGS,
+    root=config.output_dir,
+    num_replicates=num_replicates,
+    seed=config.seed if bootstrap_seed is None else bootstrap_seed,
+  )
+  stats_seconds = time.perf_counter() - start
+  head = stats["findings"][finding]
   pre = dict(results["pretrain"])
   pre.pop("loss_history", None)
-  return {
+  zero_shot = head["zero_shot"]
+  report = {
     "synthetic": True,
     "disclaimer": DISCLAIMER,
     "config": {**config.fingerprint()},
@@ -180,27 +311,37 @@ def build_report(
     },
     "pretraining": pre,
     "headline_finding": finding,
-    "curves": _str_keys(curves),
-    "macro_curves": _str_keys(macro),
-    "per_finding_curves": _str_keys(per_finding),
-    "summaries": {k: {m: _summary_dict(c[m]) for m in METHODS} for k, c in curves.items()},
-    "zero_shot_ood": _zero_shot(runs_a, finding),
-    "zero_shot_ood_macro": _zero_shot(runs_a, "macro"),
-    "data_efficiency": efficiency,
-    "comparison": comparison,
-    "caveats": caveats({k: {m: _summary_dict(c[m]) for m in METHODS} for k, c in curves.items()}),
+    "statistics": stats,
+    "curves": {key: _curves(head[key]) for key in ("id", "ood")},
+    "summaries": {key: _summaries(head[key]) for key in ("id", "ood")},
+    "zero_shot_ood": {
+      m: (zero_shot["points"][0][m] if zero_shot and zero_shot["points"] else None) for m in METHODS
+    },
+    "data_efficiency": {key: head[key]["factor"] for key in ("id", "ood")},
     "verdict": {
-      "ood": _verdict(efficiency["ood"], comparison["ood"], "OOD (site B)"),
-      "id": _verdict(efficiency["id"], comparison["id"], "ID (site A)"),
+      "ood": factor_verdict(head["ood"], WHERE["ood"]),
+      "id": factor_verdict(head["id"], WHERE["id"]),
+      "bar": bar_verdict(head["ood"]),
+      "delta_ood": delta_verdict(head["ood"], WHERE["ood"]),
+      "delta_id": delta_verdict(head["id"], WHERE["id"]),
+      "zero_shot": zero_shot_verdict(zero_shot),
+    },
+    "caveats": caveats(stats, finding),
+    "macro_curves": {
+      "id": {m: build_curve(runs_a, m, "siteA", "macro") for m in METHODS},
+      "ood": {m: build_curve(runs_b, m, "siteB", "macro") for m in METHODS},
     },
     "runs": [_run_row(r) for r in [*runs_a, *runs_b]],
     "export": dict(results["export"]),
     "plots": dict(PLOTS),
+    "environment": environment,
     "timings": {
       "stage_seconds": {k: round(float(v), 2) for k, v in stage_seconds.items()},
       "total_stage_seconds": round(sum(float(v) for v in stage_seconds.values()), 2),
+      "statistics_seconds": round(stats_seconds, 2),
     },
   }
+  return report_lib.json_safe(report)
 
 
 def _archive_summary(summary: Mapping[str, Any]) -> dict[str, Any]:
@@ -225,99 +366,269 @@ def _run_row(run: Mapping[str, Any]) -> dict[str, Any]:
     "n_patients",
     "positives",
     "seed",
+    "steps_trained",
     "final_loss",
     "metrics",
+    "predictions",
   )
-  return {k: _nan_to_none(run[k]) for k in keep}
+  return {k: run.get(k) for k in keep}
 
 
-def _nan_to_none(value: Any) -> Any:
-  if isinstance(value, dict):
-    return {k: _nan_to_none(v) for k, v in value.items()}
-  if isinstance(value, list | tuple):
-    return [_nan_to_none(v) for v in value]
-  if isinstance(value, float) and not math.isfinite(value):
+# ---------------------------------------------------------------- plots
+
+
+def _series(setting: Mapping[str, Any], method: str) -> report_lib.Series | None:
+  pts = [p for p in setting["points"] if p[method] is not None and p[method]["auroc"] is not None]
+  if not pts:
     return None
-  return value
+  return report_lib.Series(
+    label=f"{NAMES[method]} (seeds={min(len(p[method]['seeds']) for p in pts)})",
+    n_labels=[p["n_labels"] for p in pts],
+    values=[p[method]["auroc"] for p in pts],
+    low=[p[method]["ci_low"] for p in pts],
+    high=[p[method]["ci_high"] for p in pts],
+  )
 
 
-def _str_keys(value: Any) -> Any:
-  if isinstance(value, dict):
-    return {str(k): _str_keys(v) for k, v in value.items()}
-  return value
-
-
-def _int_curve(curve: Mapping[str, Sequence[float]]) -> dict[int, list[float]]:
-  return {int(k): list(v) for k, v in curve.items()}
-
-
-def write_plots(report: Mapping[str, Any], output_dir: str) -> None:
-  """PNG plots of the headline AUROC against label count, ID and OOD."""
-  finding = report["headline_finding"]
-  for key, site, labels_of in (("id", "site A", "site A"), ("ood", "site B", "site B")):
-    curves = {
-      NAMES[m]: _int_curve(report["curves"][key][m]) for m in METHODS if report["curves"][key][m]
-    }
-    references = None
-    if key == "ood":
-      references = {
-        f"{NAMES[m]}, zero-shot": report["zero_shot_ood"][m]["mean"]
-        for m in METHODS
-        if report["zero_shot_ood"][m]["mean"] is not None
-      }
-    report_lib.plot_curves(
-      os.path.join(output_dir, PLOTS[key]),
-      f"{key.upper()}: {finding} AUROC on {site} test (SYNTHETIC)",
-      curves,
-      ylabel=f"{finding} AUROC",
-      references=references,
-      xlabel=f"labeled {labels_of} training images",
+def _delta_series(setting: Mapping[str, Any], label: str) -> list[report_lib.Series]:
+  pts = [p for p in setting["points"] if p["delta"] is not None and p["delta"]["value"] is not None]
+  if not pts:
+    return []
+  return [
+    report_lib.Series(
+      label=label,
+      n_labels=[p["n_labels"] for p in pts],
+      values=[p["delta"]["value"] for p in pts],
+      low=[p["delta"]["ci_low"] for p in pts],
+      high=[p["delta"]["ci_high"] for p in pts],
     )
+  ]
 
 
-def _table(curves: Mapping[str, Mapping[str, Sequence[float]]]) -> str:
-  named = {NAMES[m]: _int_curve(curves[m]) for m in METHODS if curves[m]}
-  return report_lib.curve_table(named) if named else "(no defined AUROC)"
+def write_plots(report: Mapping[str, Any], output_dir: str) -> dict[str, list[dict[str, Any]]]:
+  """PNG plots: each method's AUROC (ID, OOD) and ΔAUROC, with 95% bootstrap bands.
+
+  Returns:
+    Plot key -> the x ticks drawn on each of its panels.
+  """
+  finding = report["headline_finding"]
+  head = report["statistics"]["findings"][finding]
+  drawn = {}
+  for key, site in (("id", "site A"), ("ood", "site B")):
+    series = [s for m in METHODS if (s := _series(head[key], m)) is not None]
+    references = {}
+    if key == "ood":
+      for m in METHODS:
+        zs = report["zero_shot_ood"][m]
+        if zs is not None and zs["auroc"] is not None:
+          references[
+            f"{SHORT[m]} zero-shot {_interval(zs['auroc'], zs['ci_low'], zs['ci_high'])}"
+          ] = zs["auroc"]
+    panel = report_lib.Panel(
+      title=f"{WHERE[key]}: {finding} AUROC on {site} test (SYNTHETIC)",
+      series=series,
+      ylabel=f"{finding} AUROC (95% patient-bootstrap CI)",
+      xlabel=f"labelled {site} training images",
+      references=references,
+    )
+    drawn[key] = report_lib.plot_panels(os.path.join(output_dir, PLOTS[key]), [panel])
+  panels = [
+    report_lib.Panel(
+      title=f"{WHERE[key]}: ΔAUROC, REMEDIS − baseline",
+      series=_delta_series(head[key], f"Δ {finding} AUROC (95% CI)"),
+      ylabel="ΔAUROC",
+      xlabel=f"labelled {site} training images",
+      hline=(0.0, "no difference"),
+    )
+    for key, site in (("id", "site A"), ("ood", "site B"))
+  ]
+  drawn["delta"] = report_lib.plot_panels(os.path.join(output_dir, PLOTS["delta"]), panels)
+  return drawn
 
 
-def _fmt_factor(efficiency: Mapping[str, Any]) -> str:
-  f = efficiency.get("factor")
-  return f"{f:.2f}x" if isinstance(f, float) else str(f)
+# ---------------------------------------------------------------- Markdown
+
+
+def _point_table(setting: Mapping[str, Any], zero_shot: Mapping[str, Any] | None = None) -> str:
+  lines = [
+    "| labels | seeds | REMEDIS AUROC [95% CI] | baseline AUROC [95% CI] | ΔAUROC [95% CI] "
+    "| p (Δ ≤ 0) |",
+    "|---:|---:|---:|---:|---:|---:|",
+  ]
+  rows = [("zero-shot", p) for p in (zero_shot or {}).get("points", [])]
+  rows += [(_label(p), p) for p in setting["points"]]
+  for label, p in rows:
+    seeds = "/".join(str(len(p[m]["seeds"])) if p[m] else "0" for m in METHODS)
+    cells = [
+      "-" if p[m] is None else _interval(p[m]["auroc"], p[m]["ci_low"], p[m]["ci_high"])
+      for m in METHODS
+    ]
+    d = p["delta"]
+    delta = "-" if d is None else _interval(d["value"], d["ci_low"], d["ci_high"], sign=True)
+    pval = "-" if d is None else report_lib.fmt_p(d["p_value"])
+    lines.append(f"| {label} | {seeds} | {cells[0]} | {cells[1]} | {delta} | {pval} |")
+  return "\n".join(lines)
+
+
+def _factor_table(stats: Mapping[str, Any], findings: Sequence[str]) -> str:
+  lines = [
+    "| finding | test set | baseline's best AUROC (labels) | factor: median [95% CI] "
+    "| on the full test set | REMEDIS reaches it | lower bound |",
+    "|---|---|---:|---:|---:|---:|---:|",
+  ]
+  for finding in findings:
+    for key in ("id", "ood"):
+      f = stats["findings"][finding][key]["factor"]
+      if not f["computed"]:
+        lines.append(f"| {finding} | {WHERE[key]} | - | not computed: {f['reason']} | - | - | - |")
+        continue
+      lines.append(
+        f"| {finding} | {WHERE[key]} | {f['target_auroc']:.3f} ({f['baseline_labels']}) | "
+        f"{report_lib.fmt_factor(f['median'])} [{report_lib.fmt_factor(f['ci_low'])}, "
+        f"{report_lib.fmt_factor(f['ci_high'])}] | {report_lib.fmt_factor(f['point'])} | "
+        f"{f['fraction_reached']:.0%} | {f['fraction_lower_bound']:.0%} |"
+      )
+  return "\n".join(lines)
+
+
+def _environment_lines(report: Mapping[str, Any]) -> list[str]:
+  env = report.get("environment")
+  timings = report["timings"]
+  lines = ["## Run environment and timing", ""]
+  if env:
+    cpu = env.get("cpu") or {}
+    yes = {True: "yes", False: "no", None: "n/a"}
+    onednn = {"1": "on", "0": "off"}.get(str(env.get("onednn")), "n/a")
+    lines += [
+      f"- CPU: {cpu.get('model', 'n/a')}; AVX-512: {yes[cpu.get('avx512')]}; "
+      f"AVX2: {yes[cpu.get('avx2')]}.",
+      f"- oneDNN: {onednn} (TF_ENABLE_ONEDNN_OPTS={env.get('onednn', 'n/a')}); TensorFlow "
+      f"{env.get('tensorflow', 'n/a')}.",
+      "",
+    ]
+  else:
+    lines += ["- Environment not recorded.", ""]
+  stages = dict((env or {}).get("stages") or {})
+  names = list(timings["stage_seconds"]) + [s for s in stages if s not in timings["stage_seconds"]]
+  lines += ["| stage | seconds | examples | examples/s |", "|---|---:|---:|---:|"]
+  total = 0.0
+  for name in names:
+    s = stages.get(name) or {}
+    seconds = s.get("seconds", timings["stage_seconds"].get(name))
+    total += seconds or 0.0
+    examples = s.get("examples")
+    rate = s.get("examples_per_second")
+    lines.append(
+      f"| {name} | {report_lib.fmt_value(seconds, 1)} | "
+      f"{'-' if examples is None else examples} | "
+      f"{'-' if rate is None else report_lib.fmt_value(rate, 1)} |"
+    )
+  lines += [
+    f"| report statistics (bootstrap) | {timings['statistics_seconds']:.1f} | - | - |",
+    f"| **total (stages above)** | {total:.1f} | | |",
+    "",
+  ]
+  return lines
 
 
 def render_markdown(report: Mapping[str, Any]) -> str:
-  """report.md: setup, headline, tables, plots, timings, export."""
+  """report.md: headline, statistics, tables, plots, setup, environment."""
   c = report["config"]
   finding = report["headline_finding"]
+  stats = report["statistics"]
+  head = stats["findings"][finding]
+  boot = stats["bootstrap"]
   pre = report["pretraining"]
   ds = report["dataset"]
-  zs = report["zero_shot_ood"]
-  eff = report["data_efficiency"]
+  v = report["verdict"]
+  others = [f for f in FINDINGS if f != finding]
   lines = [
     "# REMEDIS data-efficient generalization study (synthetic demo)",
     "",
     f"> **{report['disclaimer']}**",
     "",
-    "## Headline",
+    f"## Headline ({finding} AUROC)",
     "",
-    f"- OOD (site B) data-efficiency factor, {finding} AUROC: **{_fmt_factor(eff['ood'])}** "
-    "(how many times fewer site-B labels REMEDIS needs to match the supervised baseline's "
-    "best site-B AUROC).",
-    f"- {report['verdict']['ood']}",
-    f"- ID (site A) factor: {_fmt_factor(eff['id'])}. {report['verdict']['id']}",
-    "- Zero-shot OOD (all-site-A model on site-B test, no site-B labels): "
-    + ", ".join(
-      f"{NAMES[m]} {zs[m]['mean']:.3f}" if zs[m]["mean"] is not None else f"{NAMES[m]} n/a"
-      for m in METHODS
-    )
-    + ".",
+    f"- {v['ood']}",
+    f"- {v['bar']}",
+    f"- {v['delta_ood']}",
+    f"- {v['zero_shot']}",
+    f"- {v['id']}",
+    f"- {v['delta_id']}",
     "",
-    *(["", "**Caveats (computed from the measurements):**", ""] if report["caveats"] else []),
-    *[f"- {c}" for c in report["caveats"]],
+    "**Caveats (computed from the measurements):**",
     "",
+    *[f"- {x}" for x in report["caveats"]],
+    "",
+    "## Statistics",
+    "",
+    f"Every run's predictions on the same test images are compared. Bootstrap: "
+    f"{boot['replicates']} replicates (seed {boot['seed']}) that draw test *patients* with "
+    "replacement; each replicate is applied to both methods, every seed and every label count of "
+    "that test set, and each method's AUROC is averaged over its seeds inside the replicate. "
+    "Intervals are 95% percentile intervals of the replicates. p is one-sided for ΔAUROC ≤ 0: "
+    "p = (1 + #{Δ* ≤ 0}) / (1 + R) over the R replicates that hold both classes (so p is never "
+    f"below 1 / (1 + R), {1 / (1 + boot['replicates']):.2g} here). Unknown labels "
+    "(-1) are left out per finding; a replicate whose test patients hold one class only is "
+    "dropped for that test set (counted in the caveats), and no interval is given where fewer "
+    f"than {boot['min_valid_fraction']:.0%} of the replicates remain.",
+    "",
+    "Data-efficiency factor, per replicate: the baseline's best AUROC over its measured label "
+    "counts is the target; the labels REMEDIS needs to reach it are interpolated linearly in "
+    "log(labels) between its measured counts (first crossing); factor = the baseline's labels "
+    "at its best / REMEDIS's labels. A replicate in which REMEDIS does not reach the target "
+    'counts as factor 0 (reported as "not reached"), and one in which REMEDIS reaches it at its '
+    "smallest measured count gives a lower bound; both count against REMEDIS. Median and 95% CI "
+    "are order statistics of all replicates. A curve is near chance unless at some label count "
+    f"its 95% CI is above 0.5 and its AUROC is at least "
+    f"{study_stats.CHANCE + study_stats.CHANCE_MARGIN:.2f}; no factor is computed against a "
+    "near-chance baseline.",
+    "",
+    f"## In-distribution: {finding} AUROC on site-A test",
+    "",
+    "`labels` = site-A labelled training images (the largest is all of them); `seeds` = "
+    "REMEDIS/baseline runs averaged.",
+    "",
+    _point_table(head["id"]),
+    "",
+    f"![ID]({PLOTS['id']})",
+    "",
+    f"## Out-of-distribution: {finding} AUROC on site-B test",
+    "",
+    "`labels` = site-B labelled images used after site-A fine-tuning; zero-shot uses none.",
+    "",
+    _point_table(head["ood"], head["zero_shot"]),
+    "",
+    f"![OOD]({PLOTS['ood']})",
+    "",
+    f"![ΔAUROC]({PLOTS['delta']})",
+    "",
+    "## Data-efficiency factors",
+    "",
+    "`REMEDIS reaches it` = share of replicates in which REMEDIS reaches the baseline's best "
+    "AUROC within its measured label counts; `lower bound` = share in which it does so already at "
+    "its smallest count.",
+    "",
+    _factor_table(stats, [finding, *others]),
+    "",
+  ]
+  for other in others:
+    lines += [
+      f"## Other finding: {other}",
+      "",
+      "ID (site-A test):",
+      "",
+      _point_table(stats["findings"][other]["id"]),
+      "",
+      "OOD (site-B test):",
+      "",
+      _point_table(stats["findings"][other]["ood"], stats["findings"][other]["zero_shot"]),
+      "",
+    ]
+  lines += [
     "## Setup",
     "",
-    f"- Archive: scale `{c['scale']}`, seed {c['seed']}, {ds['archive']['num_images']} images "
+    f"- Archive: scale `{c['scale']}`, seed {c['seed']}, {ds['archive']['num_images']} images; "
     + "; ".join(
       f"{s}: {v['images']} images / {v['patients']} patients, positives {v['positives']}"
       for s, v in ds["archive"]["sites"].items()
@@ -326,50 +637,26 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     "- Patient-level splits by the converter (train, validation, test = "
     f"{', '.join(str(f) for f in c['split_fractions'])}): "
     + "; ".join(f"{s}: {v['records_by_split']}" for s, v in ds["records"].items())
+    + ". Test sets: "
+    + "; ".join(
+      f"{s}: {t['images']} images / {t['patients']} patients" for s, t in stats["test_sets"].items()
+    )
     + ".",
     f"- Encoder `{c['encoder']}` at {c['image_size']} px. Initialisation: "
     f"{report['initialization']}. Both methods start from this same encoder.",
     f"- Self-supervised pretraining (REMEDIS only): SimCLR, {pre['steps']} steps x "
     f"{c['pretrain_batch_size']} images (two `{c['augment_preset']}` views each, with "
     f"{_overrides(c.get('augment_overrides'))}), {_optimizer(c)}, temperature "
-    f"{c['temperature']}, on the "
-    "train splits of both sites with labels unused; NT-Xent loss "
-    f"{_num(pre.get('first_loss'))} -> {_num(pre.get('final_loss'))}, "
-    f"{_num(pre.get('images_per_second'), 1)} images/s.",
+    f"{c['temperature']}, on the train splits of both sites with labels unused; NT-Xent loss "
+    f"{report_lib.fmt_value(pre.get('first_loss'))} -> "
+    f"{report_lib.fmt_value(pre.get('final_loss'))}, "
+    f"{report_lib.fmt_value(pre.get('images_per_second'), 1)} images/s.",
     f"- Fine-tuning (both methods, same budget): {c['finetune_steps']} SGD steps x "
     f"{c['finetune_batch_size']} images, peak lr {c['finetune_learning_rate']}, multi-label "
     f"head for {', '.join(FINDINGS)}; labelled subsets are whole patients of the train split, "
     f"{c['num_seeds']} seed(s) per label count (seed changes the subset, head init and order).",
     "- OOD fine-tuning starts from each method's model fine-tuned on all site-A train labels "
     "(encoder restored, new zero-initialised head).",
-    "",
-    f"## In-distribution: {finding} AUROC on site-A test",
-    "",
-    "Mean over seeds [95% t-interval]; `labels` = site-A labelled images "
-    "(the largest is all site-A train images, one seed).",
-    "",
-    _table(report["curves"]["id"]),
-    "",
-    f"![ID]({PLOTS['id']})",
-    "",
-    f"## Out-of-distribution: {finding} AUROC on site-B test",
-    "",
-    "`labels` = site-B labelled images used after site-A fine-tuning; the zero-shot values "
-    "above use none.",
-    "",
-    _table(report["curves"]["ood"]),
-    "",
-    f"![OOD]({PLOTS['ood']})",
-    "",
-    "## Macro AUROC over both findings",
-    "",
-    "ID (site A):",
-    "",
-    _table(report["macro_curves"]["id"]),
-    "",
-    "OOD (site B):",
-    "",
-    _table(report["macro_curves"]["ood"]),
     "",
     "## Exported encoder",
     "",
@@ -379,41 +666,36 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     f"{c['image_size']} px inputs its shape is {report['export']['feature_map_shape']} "
     "(for 2 images).",
     "",
-    "## Timings (seconds, this machine)",
-    "",
-    "| stage | seconds |",
-    "|---|---:|",
-    *[f"| {k} | {v:.1f} |" for k, v in report["timings"]["stage_seconds"].items()],
-    f"| **total** | {report['timings']['total_stage_seconds']:.1f} |",
-    "",
+    *_environment_lines(report),
   ]
   return "\n".join(lines)
 
 
-def _num(value: Any, digits: int = 3) -> str:
-  return f"{value:.{digits}f}" if _finite(value) else "n/a"
-
-
 def text_summary(report: Mapping[str, Any]) -> str:
-  """Plain-text table of mean headline AUROCs per label count (for stdout)."""
+  """Plain-text headline table and verdicts (for stdout)."""
   finding = report["headline_finding"]
-  out = [f"{finding} AUROC, mean over seeds (SYNTHETIC data)"]
+  head = report["statistics"]["findings"][finding]
+  out = [f"{finding} AUROC, mean over seeds [95% patient-bootstrap CI] (SYNTHETIC data)"]
+  header = f"{'':<16}{'labels':>10}  {'REMEDIS':<22}{'baseline':<22}{'ΔAUROC':<25}{'p':>6}"
   for key, title in (("id", "ID  site-A test"), ("ood", "OOD site-B test")):
-    out.append(f"{title:<18}{'labels':>8}{'REMEDIS':>10}{'baseline':>10}")
-    summaries = report["summaries"][key]
-    ns = sorted(set(summaries["remedis"]["n_labels"]) | set(summaries["baseline"]["n_labels"]))
-    for n in ns:
-      cells = []
-      for m in METHODS:
-        s = summaries[m]
-        cells.append(f"{s['mean'][s['n_labels'].index(n)]:.3f}" if n in s["n_labels"] else "-")
-      out.append(f"{'':<18}{n:>8}{cells[0]:>10}{cells[1]:>10}")
-    if key == "ood":
-      zs = report["zero_shot_ood"]
-      cells = [f"{zs[m]['mean']:.3f}" if zs[m]["mean"] is not None else "-" for m in METHODS]
-      out.append(f"{'':<18}{'zero-shot':>8}{cells[0]:>10}{cells[1]:>10}")
-  eff = report["data_efficiency"]
-  out.append(f"data-efficiency factor: OOD {_fmt_factor(eff['ood'])}, ID {_fmt_factor(eff['id'])}")
+    out.append(title + header[len(title) :])
+    rows = (
+      [("zero-shot", p) for p in (head["zero_shot"] or {}).get("points", [])]
+      if key == "ood"
+      else []
+    )
+    rows += [(_label(p), p) for p in head[key]["points"]]
+    for label, p in rows:
+      cells = [
+        "-" if p[m] is None else _interval(p[m]["auroc"], p[m]["ci_low"], p[m]["ci_high"])
+        for m in METHODS
+      ]
+      d = p["delta"]
+      delta = "-" if d is None else _interval(d["value"], d["ci_low"], d["ci_high"], sign=True)
+      pval = "-" if d is None else report_lib.fmt_p(d["p_value"])
+      out.append(f"{'':<16}{label:>10}  {cells[0]:<22}{cells[1]:<22}{delta:<25}{pval:>6}")
+  v = report["verdict"]
+  out += [v["ood"], v["bar"], v["id"]]
   return "\n".join(out)
 
 
@@ -423,11 +705,39 @@ def write_report(
   results: Mapping[str, Mapping[str, Any]],
   stage_seconds: Mapping[str, float],
   elapsed: float,
+  environment: Mapping[str, Any] | None = None,
+  *,
+  num_replicates: int = study_stats.DEFAULT_REPLICATES,
+  bootstrap_seed: int | None = None,
 ) -> dict[str, Any]:
-  """Writes report.json, report.md and the plots; returns a short stage result."""
-  report = build_report(config, results, stage_seconds)
+  """Writes report.json, report.md and the plots; returns a short stage result.
+
+  Args:
+    config: the study's configuration.
+    output_dir: where the report goes (prediction paths relative to
+      config.output_dir are resolved there).
+    results: stage name -> stage result.
+    stage_seconds: stage name -> seconds.
+    elapsed: seconds of this invocation so far.
+    environment: {'cpu': {'model', 'avx512', 'avx2', 'flags'}, 'onednn',
+      'tensorflow', 'stages': {stage: {'seconds', 'examples',
+      'examples_per_second'}}} or None.
+    num_replicates: bootstrap replicates.
+    bootstrap_seed: bootstrap seed (default: config.seed).
+
+  Returns:
+    {'report_json', 'report_md', 'plots': [paths]}.
+  """
+  report = build_report(
+    config,
+    results,
+    stage_seconds,
+    num_replicates=num_replicates,
+    bootstrap_seed=bootstrap_seed,
+    environment=environment,
+  )
   report["timings"]["elapsed_seconds_this_invocation"] = round(elapsed, 2)
-  write_plots(report, output_dir)
+  report["plot_x_ticks"] = write_plots(report, output_dir)
   report_lib.write_json(os.path.join(output_dir, "report.json"), report)
   with open(os.path.join(output_dir, "report.md"), "w", encoding="utf-8") as f:
     f.write(render_markdown(report))
@@ -445,7 +755,7 @@ def _overrides(pairs: object) -> str:
   return "overrides " + ", ".join(f"{k}={v}" for k, v in pairs)
 
 
-def _optimizer(c: dict) -> str:
+def _optimizer(c: Mapping[str, Any]) -> str:
   """The pretraining optimizer and learning rate as the report states them."""
   name = c.get("pretrain_optimizer", "lars")
   if name == "lars":
