@@ -53,3 +53,29 @@ def run_chunks(job, chunks: Sequence, options: Sequence[str] = ()) -> None:
       | "Convert" >> beam.Map(lambda chunk, job=job: convert.convert_chunk(job, chunk))
       | "Count" >> beam.combiners.Count.Globally()
     )
+
+
+def run_each(fn, items: Sequence, options: Sequence[str] = ()) -> None:
+  """Calls `fn(item)` for every item in a Beam pipeline, for its side effects.
+
+  Used by `remedis-tile`, whose survey and tiling steps write their own
+  markers and shards (the same functions its local runner calls).
+
+  Args:
+    fn: a picklable function of one item (e.g. a functools.partial of a
+      module-level function).
+    items: the items (picklable).
+    options: Beam pipeline options (default: DirectRunner, in-memory).
+  """
+  _require_beam()
+  if not items:
+    return
+  argv = list(options) or ["--runner=DirectRunner"]
+  with beam.Pipeline(options=PipelineOptions(argv)) as pipeline:
+    _ = (
+      pipeline
+      | "Items" >> beam.Create(list(items))
+      | "Spread" >> beam.Reshuffle()
+      | "Run" >> beam.Map(fn)
+      | "Count" >> beam.combiners.Count.Globally()
+    )
