@@ -66,6 +66,18 @@ INVERTED = "image/inverted"  # int64 1 when MONOCHROME1 was inverted
 
 CONVERTER_VERSION = "converter/version"
 
+# Whole-slide patches (remedis-tile). Coordinates are level-0 pixels of the
+# slide; the mpp of the stored pixels is `patch/mpp`; ids are keyed hashes.
+SLIDE_ID_HASH = "slide/id_hash"
+CASE_ID_HASH = "case/id_hash"
+PATCH_X = "patch/x"  # int64 left edge, level-0 pixels
+PATCH_Y = "patch/y"  # int64 top edge, level-0 pixels
+PATCH_LEVEL = "patch/level"  # int64 pyramid level read
+PATCH_LEVEL_MPP = "patch/level_mpp"  # float microns per pixel of that level (x)
+PATCH_MPP = "patch/mpp"  # float microns per stored pixel (x)
+PATCH_TISSUE_FRACTION = "patch/tissue_fraction"  # float tissue share under the patch
+PATCH_RESIZE = "patch/resize"  # b"none" | b"lanczos3"
+
 SPLITS = ("train", "validation", "test")
 
 
@@ -117,6 +129,15 @@ def feature_spec(num_multi_labels: int | None = None) -> dict[str, object]:
     VOI_FUNCTION: string(),
     INVERTED: int64(),
     CONVERTER_VERSION: string(),
+    SLIDE_ID_HASH: string(),
+    CASE_ID_HASH: string(),
+    PATCH_X: int64(-1),
+    PATCH_Y: int64(-1),
+    PATCH_LEVEL: int64(-1),
+    PATCH_LEVEL_MPP: float32(),
+    PATCH_MPP: float32(),
+    PATCH_TISSUE_FRACTION: float32(),
+    PATCH_RESIZE: string(),
   }
 
 
