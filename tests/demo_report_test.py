@@ -296,6 +296,11 @@ def test_write_report_end_to_end_with_a_clear_effect(tmp_path):
   )
   want_bar = "met" if ood["median"] >= 3 else "not met"
   assert f": {want_bar} (median" in saved["verdict"]["bar"]
+  for key in ("id", "ood"):
+    claims = "fewer labels (95% CI" in saved["verdict"][key]
+    assert claims == saved["data_efficiency"][key]["ci_low_above_1"]
+  for drawn in saved["plot_x_ticks"].values():
+    assert all(label == "" for axes in drawn for label in axes["minor_tick_labels"])
 
   # report.md: every point's row with ΔAUROC [CI] and p, the factor table, the environment.
   with open(out["report_md"], encoding="utf-8") as f:

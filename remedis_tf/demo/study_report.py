@@ -573,7 +573,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     "dropped for that test set (counted in the caveats), and no interval is given where fewer "
     f"than {boot['min_valid_fraction']:.0%} of the replicates remain.",
     "",
-    "Data-efficiency factor, per replicate: the baseline's best AUROC over its measured label "
+    "The data-efficiency factor, per replicate: the baseline's best AUROC over its measured label "
     "counts is the target; the labels REMEDIS needs to reach it are interpolated linearly in "
     "log(labels) between its measured counts (first crossing); factor = the baseline's labels "
     "at its best / REMEDIS's labels. A replicate in which REMEDIS does not reach the target "

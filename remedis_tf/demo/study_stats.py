@@ -364,7 +364,8 @@ class _Site:
 
   reference: Predictions
   weights: np.ndarray  # (R, N)
-  evaluations: list[tuple[Mapping[str, Any], Predictions]]
+  # (comparison: 'id' | 'ood' | 'zero_shot' | None, run, predictions)
+  evaluations: list[tuple[str | None, Mapping[str, Any], Predictions]]
 
 
 def _describe(run: Mapping[str, Any]) -> str:
@@ -379,29 +380,49 @@ def _resolve(path: str, root: str | None) -> str:
   return path if os.path.isabs(path) or root is None else os.path.join(root, path)
 
 
+def _comparison(
+  sweep: str, run: Mapping[str, Any], site: str, sites: tuple[str, str]
+) -> str | None:
+  """Which comparison a run's evaluation on `site` belongs to (None: none of them)."""
+  site_a, site_b = sites
+  if sweep == "a" and site == site_a:
+    return "id"
+  if sweep == "a" and site == site_b and run.get("all_labels"):
+    return "zero_shot"
+  if sweep == "b" and site == site_b:
+    return "ood"
+  return None
+
+
 def _load_sites(
-  runs: Sequence[Mapping[str, Any]],
+  sweeps: Mapping[str, Sequence[Mapping[str, Any]]],
+  sites: tuple[str, str],
   num_findings: int,
   num_replicates: int,
   seed: int,
   root: str | None,
 ) -> dict[str, _Site]:
-  by_site: dict[str, list[tuple[Mapping[str, Any], Predictions]]] = {}
-  for run in runs:
-    predictions = run.get("predictions")
-    if not predictions:
-      raise ValueError(f"{_describe(run)} has no 'predictions' (test-set .npz per site).")
-    for site, path in sorted(predictions.items()):
-      loaded = load_predictions(_resolve(path, root), num_findings)
-      by_site.setdefault(site, []).append((run, loaded))
-  sites = {}
+  """Reads every run's predictions, checks rows per site, draws each site's bootstrap.
+
+  Sites draw independently: stream = the site's index in sorted order.
+  """
+  by_site: dict[str, list[tuple[str | None, Mapping[str, Any], Predictions]]] = {}
+  for sweep, runs in sweeps.items():
+    for run in runs:
+      predictions = run.get("predictions")
+      if not predictions:
+        raise ValueError(f"{_describe(run)} has no 'predictions' (test-set .npz per site).")
+      for site, path in sorted(predictions.items()):
+        loaded = load_predictions(_resolve(path, root), num_findings)
+        by_site.setdefault(site, []).append((_comparison(sweep, run, site, sites), run, loaded))
+  out = {}
   for stream, site in enumerate(sorted(by_site)):
-    reference = by_site[site][0][1]
-    for _, other in by_site[site][1:]:
+    reference = by_site[site][0][2]
+    for _, _, other in by_site[site][1:]:
       check_same_rows(reference, other)
     weights = patient_weights(reference.patient_ids, num_replicates, seed, stream)
-    sites[site] = _Site(reference, weights, by_site[site])
-  return sites
+    out[site] = _Site(reference, weights, by_site[site])
+  return out
 
 
 def _interval_dict(point: float, reps: np.ndarray | None, confidence: float) -> dict[str, Any]:
@@ -559,10 +580,6 @@ def _setting(
   return out
 
 
-def _is_zero_shot(run: Mapping[str, Any], site: str) -> bool:
-  return bool(run.get("all_labels")) and run.get("train_site") != site
-
-
 def study_statistics(
   runs_a: Sequence[Mapping[str, Any]],
   runs_b: Sequence[Mapping[str, Any]],
@@ -616,25 +633,22 @@ def study_statistics(
   for run in [*runs_a, *runs_b]:
     if run.get("method") not in METHODS:
       raise ValueError(f"{_describe(run)}: method must be one of {METHODS}.")
-  sites = _load_sites([*runs_a, *runs_b], len(findings), num_replicates, seed, root)
-  ids_a = {id(r) for r in runs_a}
-  selections = {
-    "id": (site_a, lambda run: id(run) in ids_a and not _is_zero_shot(run, site_a)),
-    "ood": (site_b, lambda run: id(run) not in ids_a and not _is_zero_shot(run, site_b)),
-    "zero_shot": (site_b, lambda run: id(run) in ids_a and _is_zero_shot(run, site_b)),
-  }
+  sites = _load_sites(
+    {"a": runs_a, "b": runs_b}, (site_a, site_b), len(findings), num_replicates, seed, root
+  )
+  test_site = {"id": site_a, "ood": site_b, "zero_shot": site_b}
   excluded: list[dict[str, Any]] = []
   per_finding: dict[str, Any] = {}
   for k, finding in enumerate(findings):
-    per_finding[finding] = {}
-    evaluations: dict[str, list[_Evaluation]] = {}
+    evaluations: dict[str, list[_Evaluation]] = {key: [] for key in test_site}
     valid_by_site = {}
     for site_name, site in sites.items():
       labels = site.reference.labels[:, k]
       task = FindingBootstrap(labels, site.weights)
       valid_by_site[site_name] = task.valid
-      evaluations[site_name] = []
-      for run, predictions in site.evaluations:
+      for comparison, run, predictions in site.evaluations:
+        if comparison is None:
+          continue
         scores = predictions.probabilities[:, k]
         if not np.all(np.isfinite(scores[task.known])):
           excluded.append(
@@ -647,16 +661,17 @@ def study_statistics(
           )
           continue
         point, reps = task.auroc(scores)
-        evaluations[site_name].append(_Evaluation(run, point, reps))
-    for key, (site_name, select) in selections.items():
+        evaluations[comparison].append(_Evaluation(run, point, reps))
+    per_finding[finding] = {}
+    for key, site_name in test_site.items():
       if site_name not in sites:
         per_finding[finding][key] = None
         continue
-      chosen = [e for e in evaluations[site_name] if select(e.run)]
       with warnings.catch_warnings():
-        warnings.simplefilter("error", RuntimeWarning)  # no silent NaN averaging
+        # E.g. a mean over an empty selection raises instead of returning NaN.
+        warnings.simplefilter("error", RuntimeWarning)
         per_finding[finding][key] = _setting(
-          chosen,
+          evaluations[key],
           sites[site_name].reference.labels[:, k],
           valid_by_site[site_name],
           by_count=key != "zero_shot",
