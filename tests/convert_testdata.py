@@ -211,3 +211,188 @@ def reference_uint16(ds, stored, index=0, prefer_lut=True):
   if ds.PhotometricInterpretation == "MONOCHROME1":
     norm = 1.0 - norm
   return np.rint(norm * 65535.0).astype(np.int64)
+
+
+# ---------------------------------------------------------------------------
+# Palette colour: files written in either byte order, and a reference read
+# from a file's own bytes (independent of pydicom's LUT code, which misreads
+# big endian palette data in pydicom 3.0.2).
+
+BIG_ENDIAN_UID = "1.2.840.10008.1.2.2"  # Explicit VR Big Endian
+COLORS = ("Red", "Green", "Blue")
+
+
+def ow_bytes(entries, bits: int, order: str) -> bytes:
+  """Encodes LUT entries as an OW value written in byte order `order`.
+
+  16-bit entries are one word each. 8-bit entries are packed two per word,
+  the first in the low byte (PS3.5 8.1.1 and PS3.3 C.7.6.3.1.6), padded to a
+  whole word; a big endian file therefore stores each pair swapped.
+
+  Args:
+    entries: (N,) non-negative ints.
+    bits: 8 (packed) or 16 (one per word).
+    order: "<" or ">".
+
+  Returns:
+    The element's bytes as they appear in the file.
+  """
+  entries = [int(v) for v in entries]
+  if bits == 16:
+    words = entries
+  else:
+    if len(entries) % 2:
+      entries.append(0)
+    words = [entries[i] | entries[i + 1] << 8 for i in range(0, len(entries), 2)]
+  return np.asarray(words, dtype=np.int64).astype(order + "u2").tobytes()
+
+
+def palette_dataset(
+  indices: np.ndarray,
+  luts,
+  *,
+  bits: int = 16,
+  first: int = 0,
+  order: str = "<",
+  segmented=None,
+  words_for_8_bit: bool = False,
+) -> Dataset:
+  """A PALETTE COLOR dataset whose LUT data are stored in byte order `order`.
+
+  Args:
+    indices: (H, W) or (F, H, W) uint8 / uint16 palette indices.
+    luts: three (N,) red, green, blue tables.
+    bits: bits per LUT entry (the descriptor's third value).
+    first: first mapped index (the descriptor's second value).
+    order: "<" for little endian files, ">" for `encode(ds, "big_endian")`.
+    segmented: None, or three lists of segmented LUT entries written instead
+      of `luts` (whose lengths give the descriptors).
+    words_for_8_bit: store 8-bit entries one per 16-bit word (an old layout)
+      instead of packed.
+
+  Returns:
+    The dataset (explicit VR little endian file meta; encode it with
+    "big_endian" when `order` is ">").
+  """
+  ds = make_dataset(
+    indices,
+    photometric="PALETTE COLOR",
+    bits_stored=indices.dtype.itemsize * 8,
+    sop_class=SECONDARY_CAPTURE,
+  )
+  for i, color in enumerate(COLORS):
+    n = len(luts[i])
+    setattr(ds, f"{color}PaletteColorLookupTableDescriptor", [n % 65536, first, bits])
+    word_bits = 16 if (bits > 8 or words_for_8_bit) else 8
+    if segmented is None:
+      setattr(ds, f"{color}PaletteColorLookupTableData", ow_bytes(luts[i], word_bits, order))
+    else:
+      value = ow_bytes(segmented[i], word_bits, order)
+      setattr(ds, f"Segmented{color}PaletteColorLookupTableData", value)
+  return ds
+
+
+def expand_segments_reference(entries) -> list[int]:
+  """Expands discrete (0) and linear (1) segments, PS3.3 C.7.9.2, in integers.
+
+  A linear segment of length L from y0 (the previous entry) to y1 gives
+  y0 + (y1 - y0) * i / L for i = 1..L, rounded half up, computed exactly as
+  floor((2 * (y0 * L + (y1 - y0) * i) + L) / (2 * L)).
+  """
+  entries = [int(v) for v in entries]
+  out: list[int] = []
+  i = 0
+  while i + 1 < len(entries):
+    opcode, length = entries[i], entries[i + 1]
+    if opcode == 0:
+      out.extend(entries[i + 2 : i + 2 + length])
+      i += 2 + length
+    elif opcode == 1:
+      y0, y1 = out[-1], entries[i + 2]
+      out.extend(
+        (2 * (y0 * length + (y1 - y0) * k) + length) // (2 * length) for k in range(1, length + 1)
+      )
+      i += 3
+    else:
+      raise ValueError(f"opcode {opcode} is not expanded by the reference")
+  return out
+
+
+def _raw(ds: Dataset, keyword: str):
+  """The element as read from the file, before pydicom converts its value."""
+  from pydicom.datadict import tag_for_keyword
+  from pydicom.dataelem import RawDataElement
+
+  elem = ds.get_item(tag_for_keyword(keyword))
+  assert isinstance(elem, RawDataElement), keyword
+  return elem
+
+
+def raw_palette_reference(path: str) -> np.ndarray:
+  """8-bit RGB frames of a PALETTE COLOR file, from the file's own bytes.
+
+  The byte order comes from the transfer syntax UID (or, without file meta,
+  from the first element's group number); each descriptor and each LUT data
+  element is decoded from its raw bytes with NumPy '<u2' / '>u2' dtypes (8-bit
+  entries: two per word, low byte first). Only the indices come from pydicom
+  (its pixel decoders, not its LUT code). An index below the first mapped
+  value takes the first entry, one past the table the last; n-bit entries
+  become round(v * 255 / (2**n - 1)).
+
+  Args:
+    path: the file.
+
+  Returns:
+    (F, H, W, 3) uint8.
+  """
+  with open(path, "rb") as f:
+    data = f.read()
+  ds = pydicom.dcmread(path, force=True)
+  meta = getattr(ds, "file_meta", None)
+  uid = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
+  if uid:
+    order = ">" if uid == BIG_ENDIAN_UID else "<"
+  else:  # A bare dataset: group 0x0008 reads 08 00 in little endian.
+    order = "<" if data[:2] == b"\x08\x00" else ">"
+  signed = ds.get_item(0x00280103) is not None and ds.PixelRepresentation == 1
+  channels = []
+  pixel_ds = pydicom.dcmread(path, force=True)
+  if not uid:
+    pixel_ds.file_meta = FileMetaDataset()
+    pixel_ds.file_meta.TransferSyntaxUID = (
+      ImplicitVRLittleEndian if pixel_ds.original_encoding[0] else ExplicitVRLittleEndian
+    )
+  indices = pixel_ds.pixel_array
+  if int(pixel_ds.get("NumberOfFrames", 1) or 1) == 1:
+    indices = indices[None]
+  indices = indices.astype(np.int64)
+  for color in COLORS:
+    n, first, bits = (
+      int(v)
+      for v in np.frombuffer(
+        _raw(ds, f"{color}PaletteColorLookupTableDescriptor").value, order + "u2"
+      )
+    )
+    n = n or 65536
+    if signed and first >= 32768:
+      first -= 65536
+    if f"{color}PaletteColorLookupTableData" in ds:
+      value = _raw(ds, f"{color}PaletteColorLookupTableData").value
+      words = np.frombuffer(value, order + "u2").astype(np.int64)
+      lut = words
+      if len(value) != 2 * n:  # 8-bit entries, two per word, low byte first.
+        lut = np.stack([words & 0xFF, words >> 8], axis=-1).reshape(-1)
+    else:
+      value = _raw(ds, f"Segmented{color}PaletteColorLookupTableData").value
+      words = np.frombuffer(value, order + "u2").astype(np.int64)
+      if bits == 8:
+        words = np.stack([words & 0xFF, words >> 8], axis=-1).reshape(-1)
+      lut = np.asarray(expand_segments_reference(words), dtype=np.int64)
+    lut = lut[:n]
+    assert lut.max() <= 2**bits - 1, (path, color, bits)
+    mapped = lut[np.clip(indices - first, 0, lut.size - 1)]
+    # round(v * 255 / D) in integers, D = 2**bits - 1; v * 255 / D is never a
+    # tie (510 v is even, (2k + 1) D odd), so half up equals half to even.
+    top = 2**bits - 1
+    channels.append(((2 * mapped * 255 + top) // (2 * top)).astype(np.uint8))
+  return np.stack(channels, axis=-1)

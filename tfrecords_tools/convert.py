@@ -8,6 +8,13 @@ rerunning on a finished output returns its manifest and does nothing.
 
 `python -m tfrecords_tools.convert` runs the command-line interface
 (tfrecords_tools.convert_main).
+
+Testing aid: with `REMEDIS_CONVERT_KILL_AFTER_FILES=N` in the environment, the
+local runner kills its own process with SIGKILL right after it has written the
+records of its N-th file (counted from the start of this run), so a test can
+interrupt a run at a known point, e.g. in the middle of a chunk after
+earlier chunks were committed, and check that a rerun resumes exactly. Never
+set it otherwise.
 """
 
 from __future__ import annotations
@@ -20,8 +27,11 @@ import multiprocessing
 import os
 import secrets
 import shutil
+import signal
 import sys
 import time
+import zipfile
+import zlib
 from collections.abc import Iterable, Sequence
 
 from tfrecords_tools import archive_io, hashing, manifest, shards, splits
@@ -32,6 +42,19 @@ from tfrecords_tools.version import CONVERTER_VERSION
 
 SALT_ENV = "REMEDIS_CONVERT_SALT"
 RUNNERS = ("local", "beam")
+# Testing aid (see the module docstring): SIGKILL this process after N files.
+KILL_AFTER_FILES_ENV = "REMEDIS_CONVERT_KILL_AFTER_FILES"
+# What reading a member of a directory, zip or tar raises when the input is
+# damaged: I/O errors, a bad zip entry or CRC, a broken deflate stream, an
+# unsupported zip compression method, an encrypted zip entry (RuntimeError).
+_READ_ERRORS = (
+  OSError,
+  EOFError,
+  zipfile.BadZipFile,
+  zlib.error,
+  NotImplementedError,
+  RuntimeError,
+)
 
 
 class UserError(Exception):
@@ -117,7 +140,7 @@ def _convert_one(rel_path: str) -> FileResult:
   t0 = time.perf_counter()
   try:
     data = reader.read(rel_path)
-  except Exception as e:  # noqa: BLE001 - an unreadable member is reported, not fatal.
+  except _READ_ERRORS as e:  # A damaged member is reported; the run goes on.
     result = FileResult(rel_path)
     result.errors.append(
       {"path": rel_path, "reason": "corrupt", "detail": f"cannot read: {type(e).__name__}: {e}"}
@@ -198,8 +221,9 @@ def _run_local(
   else:
     _init_worker(job.source, job.context)
     results = map(_convert_one, paths)
+  kill_after = int(os.environ.get(KILL_AFTER_FILES_ENV, "0") or 0)
   try:
-    writer, current, remaining = None, None, 0
+    writer, current, remaining, files_done = None, None, 0, 0
     for (chunk, _), result in zip(tasks, results, strict=True):
       if chunk is not current:
         current, remaining = chunk, len(chunk.files)
@@ -211,6 +235,12 @@ def _run_local(
       if remaining == 0:
         writer.finish()
       progress.update()
+      files_done += 1
+      if files_done == kill_after:
+        logging.warning(
+          "%s=%d: killing this process (testing aid)", KILL_AFTER_FILES_ENV, kill_after
+        )
+        os.kill(os.getpid(), signal.SIGKILL)
   finally:
     if pool is not None:
       pool.shutdown(wait=True, cancel_futures=True)

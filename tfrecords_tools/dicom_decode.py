@@ -5,6 +5,12 @@ plugins installed: implicit / explicit VR little endian, explicit VR big
 endian, deflated explicit VR little endian, RLE lossless, JPEG baseline,
 extended and lossless, JPEG-LS and JPEG 2000. Failures are raised as
 `InputError` subclasses whose `reason` is a stable machine-readable code.
+
+Only the exception types that pydicom and its decoder plugins raise for
+malformed bytes (`PARSE_ERRORS`, `DECODE_ERRORS`, found by truncating and
+corrupting real files: tests/file_converter_test.py) are turned into
+`CorruptDicomError`, and only around pydicom's own calls; anything else is a
+bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -12,7 +18,9 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import struct
 import warnings
+import zlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -20,7 +28,45 @@ import numpy as np
 
 # Importing pydicom's pixel backends is cheap; the plugins load on first use.
 import pydicom
-from pydicom.errors import InvalidDicomError
+from pydicom.errors import BytesLengthException, InvalidDicomError
+from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+# What pydicom raises while parsing malformed bytes (a truncated or damaged
+# file): short reads, bad lengths, undecodable values, unknown VRs, a broken
+# deflate stream.
+PARSE_ERRORS = (
+  OSError,
+  EOFError,
+  ValueError,
+  NotImplementedError,
+  OverflowError,
+  struct.error,
+  zlib.error,
+  BytesLengthException,
+)
+# What pydicom's pixel decoders and the pylibjpeg plugins raise for malformed
+# pixel data (RuntimeError: every plugin failed; StopIteration: fewer
+# encapsulated frames than Number of Frames).
+DECODE_ERRORS = (
+  ValueError,
+  RuntimeError,
+  OSError,
+  EOFError,
+  StopIteration,
+  struct.error,
+  zlib.error,
+)
+# The Image Pixel attributes pydicom needs to decode Pixel Data (PS3.3
+# C.7.6.3); PlanarConfiguration too when there are 3 samples per pixel.
+REQUIRED_PIXEL_ATTRIBUTES = (
+  "Rows",
+  "Columns",
+  "SamplesPerPixel",
+  "PhotometricInterpretation",
+  "BitsAllocated",
+  "BitsStored",
+  "PixelRepresentation",
+)
 
 
 class InputError(Exception):
@@ -80,17 +126,57 @@ def read_dataset(data: bytes) -> pydicom.Dataset:
       ds = pydicom.dcmread(io.BytesIO(data), force=data[128:132] != b"DICM")
     except InvalidDicomError as e:
       raise NotDicomError(str(e)) from e
-    except Exception as e:  # noqa: BLE001 - any parse failure is a corrupt file.
+    except PARSE_ERRORS as e:
       raise CorruptDicomError(f"{type(e).__name__}: {e}") from e
-  if "PixelData" not in ds:
-    if "FloatPixelData" in ds or "DoubleFloatPixelData" in ds:
-      raise UnsupportedImageTypeError("float pixel data is not supported")
-    sop_class = ds.get("SOPClassUID")
-    if not sop_class:
-      raise CorruptDicomError("no Pixel Data and no SOP Class UID: damaged or not a DICOM object")
-    name = getattr(sop_class, "name", "") if sop_class else ""
-    raise NoPixelDataError(f"no Pixel Data ({name or 'unknown SOP class'})")
+    if "PixelData" not in ds:
+      if "FloatPixelData" in ds or "DoubleFloatPixelData" in ds:
+        raise UnsupportedImageTypeError("float pixel data is not supported")
+      try:
+        sop_class = ds.get("SOPClassUID")
+      except PARSE_ERRORS as e:
+        raise CorruptDicomError(f"SOP Class UID: {type(e).__name__}: {e}") from e
+      if not sop_class:
+        raise CorruptDicomError("no Pixel Data and no SOP Class UID: damaged or not a DICOM object")
+      name = getattr(sop_class, "name", "")
+      raise NoPixelDataError(f"no Pixel Data ({name or 'unknown SOP class'})")
+    try:
+      # pydicom converts values lazily (and resolves ambiguous VRs from the
+      # Image Pixel attributes): check those, then convert every element,
+      # sequences included, so that a malformed value fails here as a parse
+      # error rather than later in the pixel policy.
+      missing = [kw for kw in REQUIRED_PIXEL_ATTRIBUTES if ds.get(kw) is None]
+      if ds.get("SamplesPerPixel") == 3 and ds.get("PlanarConfiguration") is None:
+        missing.append("PlanarConfiguration")
+      if missing:
+        raise CorruptDicomError(f"Pixel Data without {', '.join(missing)}")
+      for _ in ds.iterall():
+        pass
+    except PARSE_ERRORS as e:
+      raise CorruptDicomError(f"{type(e).__name__}: {e}") from e
+  _set_missing_transfer_syntax(ds)
   return ds
+
+
+def _set_missing_transfer_syntax(ds: pydicom.Dataset) -> None:
+  """Records the encoding pydicom read a dataset without file meta in.
+
+  A bare dataset (no preamble, no file meta, as old ACR-NEMA style files) is
+  uncompressed; its pixel data decode once the file meta names the transfer
+  syntax pydicom parsed it with.
+  """
+  meta = getattr(ds, "file_meta", None)
+  if meta is not None and meta.get("TransferSyntaxUID"):
+    return
+  implicit, little = ds.original_encoding
+  if implicit is None:
+    return
+  if meta is None:
+    ds.file_meta = pydicom.dataset.FileMetaDataset()
+  if implicit:
+    uid = ImplicitVRLittleEndian
+  else:
+    uid = ExplicitVRLittleEndian if little else ExplicitVRBigEndian
+  ds.file_meta.TransferSyntaxUID = uid
 
 
 @contextlib.contextmanager
@@ -103,6 +189,15 @@ def _quiet_pydicom():
     yield
   finally:
     logger.setLevel(level)
+
+
+def _is_native_panic(e: BaseException) -> bool:
+  """True for a Rust decoder's panic (pylibjpeg-rle on damaged RLE data).
+
+  pyo3 raises it as `pyo3_runtime.PanicException`, a BaseException that no
+  `except Exception` catches and that cannot be imported by name.
+  """
+  return type(e).__module__ == "pyo3_runtime" and type(e).__name__ == "PanicException"
 
 
 def transfer_syntax(ds: pydicom.Dataset) -> str:
@@ -132,13 +227,15 @@ def iter_frames(ds: pydicom.Dataset, frame: int | None = None) -> Iterator[tuple
     (pydicom converts YBR to RGB).
 
   Raises:
-    UnsupportedTransferSyntaxError, CorruptDicomError, InputError.
+    UnsupportedTransferSyntaxError: no decoder for the transfer syntax.
+    CorruptDicomError: the pixel data cannot be decoded.
+    UnsupportedImageTypeError: `frame` is past the object's last frame.
   """
   from pydicom.pixels import pixel_array
 
   n = num_frames(ds)
   if frame is not None and frame >= n:
-    raise InputError(f"frame {frame} requested but the object has {n} frame(s)")
+    raise UnsupportedImageTypeError(f"frame {frame} requested but the object has {n} frame(s)")
   try:
     with warnings.catch_warnings(), _quiet_pydicom():
       warnings.simplefilter("ignore")
@@ -152,11 +249,15 @@ def iter_frames(ds: pydicom.Dataset, frame: int | None = None) -> Iterator[tuple
           arrays = [(0, arr)]
   except NotImplementedError as e:
     raise UnsupportedTransferSyntaxError(f"{transfer_syntax(ds)}: {e}") from e
-  except Exception as e:  # noqa: BLE001 - decoders raise many kinds.
+  except DECODE_ERRORS as e:
     message = f"{type(e).__name__}: {e}"
     if "No pixel data decoders" in message or "plugin" in message and "missing" in message:
       raise UnsupportedTransferSyntaxError(message) from e
     raise CorruptDicomError(message[:500]) from e
+  except BaseException as e:
+    if not _is_native_panic(e):
+      raise
+    raise CorruptDicomError(f"the pixel data decoder failed: {e}"[:500]) from e
   yield from arrays
 
 

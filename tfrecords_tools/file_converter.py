@@ -1,16 +1,22 @@
 """One input file (DICOM, PNG or JPEG bytes) -> serialized tf.Examples.
 
 This is the unit of work of every pipeline (in-process, local processes,
-Beam). It never raises for bad input: failures come back as error entries
-with a stable `reason`. It imports no TensorFlow.
+Beam). It never raises for bad input: an input that is not DICOM / PNG /
+JPEG, corrupt, unsupported or blank comes back as an error entry with one of
+the stable reasons listed in `INPUT_ERROR_REASONS`, and the run goes on. Any
+other exception is a bug in the converter: it propagates with its traceback
+(plus a note naming the file), which stops the run; finished chunks are kept
+and a rerun resumes. It imports no TensorFlow.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import io
+import struct
 import time
 import warnings
+import zlib
 from typing import Any
 
 import numpy as np
@@ -22,6 +28,7 @@ from tfrecords_tools.pixel_policy import (
   COLOR,
   MONOCHROME,
   EmptyImageError,
+  InvalidAttributeError,
   PixelPolicy,
   UnsupportedImageError,
   VoiApplied,
@@ -32,6 +39,26 @@ from tfrecords_tools.pixel_policy import (
 )
 from tfrecords_tools.png_encode import encode_png
 from tfrecords_tools.version import CONVERTER_VERSION
+
+# The reasons a single input can fail with (README "Converting archives").
+INPUT_ERROR_REASONS = (
+  "not_dicom",
+  "no_pixel_data",
+  "corrupt",
+  "unsupported_transfer_syntax",
+  "unsupported_image",
+  "empty_image",
+)
+# What Pillow raises while decoding a broken PNG / JPEG (OSError covers
+# UnidentifiedImageError and truncated files; SyntaxError bad PNG chunks).
+_PILLOW_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error)
+
+
+class CorruptImageError(dicom_decode.InputError):
+  """A PNG / JPEG that Pillow cannot decode."""
+
+  reason = "corrupt"
+
 
 _B = example_builder.bytes_feature
 _I = example_builder.int64_feature
@@ -180,18 +207,30 @@ def _dicom_frames(ds: Any, policy: PixelPolicy, timings: dict[str, float]):
 
 
 def _plain_image(data: bytes, policy: PixelPolicy) -> np.ndarray:
-  with warnings.catch_warnings():
-    warnings.simplefilter("ignore")
-    im = Image.open(io.BytesIO(data))
-    im.load()
-  if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-    arr = np.asarray(im)
-    if arr.dtype != np.uint16:
-      arr = np.clip(arr, 0, 65535).astype(np.uint16)
-  elif im.mode in ("L", "1"):
-    arr = np.asarray(im.convert("L"))
-  else:
-    arr = np.asarray(im.convert("RGB"))
+  """Decodes a PNG / JPEG to (H, W) uint8 / uint16 or (H, W, 3) uint8.
+
+  Raises:
+    CorruptImageError: Pillow cannot decode the bytes.
+    UnsupportedImageError: larger than Pillow's decompression-bomb limit.
+    EmptyImageError: the image is constant.
+  """
+  try:
+    with warnings.catch_warnings():
+      warnings.simplefilter("ignore")
+      im = Image.open(io.BytesIO(data))
+      im.load()
+      if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(im)
+      elif im.mode in ("L", "1"):
+        arr = np.asarray(im.convert("L"))
+      else:
+        arr = np.asarray(im.convert("RGB"))
+  except Image.DecompressionBombError as e:
+    raise UnsupportedImageError(str(e)) from e
+  except _PILLOW_ERRORS as e:
+    raise CorruptImageError(f"{type(e).__name__}: {e}") from e
+  if arr.dtype != np.uint8 and arr.dtype != np.uint16:
+    arr = np.clip(arr, 0, 65535).astype(np.uint16)
   if arr.size == 0 or arr.min() == arr.max():
     raise EmptyImageError("constant image (all pixels equal)")
   return resize_long_side(arr, policy.max_size)
@@ -206,7 +245,12 @@ def convert_bytes(rel_path: str, data: bytes, ctx: FileContext) -> FileResult:
     ctx: conversion settings.
 
   Returns:
-    A FileResult with zero or more records and any errors.
+    A FileResult with zero or more records and any errors; a bad input gives
+    no record and one error whose reason is in `INPUT_ERROR_REASONS`.
+
+  Raises:
+    Exception: only a bug (never bad input), with its traceback and a note
+      naming `rel_path`.
   """
   result = FileResult(rel_path)
   timings = result.timings
@@ -304,12 +348,14 @@ def convert_bytes(rel_path: str, data: bytes, ctx: FileContext) -> FileResult:
   except UnsupportedImageError as e:
     result.records.clear()
     result.errors.append(_error(rel_path, "unsupported_image", str(e)))
-  except (OSError, SyntaxError) as e:  # Pillow's errors for broken PNG / JPEG.
+  except InvalidAttributeError as e:
     result.records.clear()
-    result.errors.append(_error(rel_path, "corrupt", f"{type(e).__name__}: {e}"))
-  except Exception as e:  # noqa: BLE001 - bad input must never stop a run.
-    result.records.clear()
-    result.errors.append(_error(rel_path, "conversion_error", f"{type(e).__name__}: {e}"))
+    result.errors.append(_error(rel_path, "corrupt", str(e)))
+  except Exception as e:
+    # Not bad input: a bug. Keep the exception and its traceback; say which
+    # file triggered it so that it can be reproduced.
+    e.add_note(f"remedis-convert: internal error while converting {rel_path!r}")
+    raise
   for key in ("decode", "pixel_policy", "png_encode"):
     timings.setdefault(key, 0.0)
   return result

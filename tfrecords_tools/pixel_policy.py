@@ -47,6 +47,10 @@ class UnsupportedImageError(ValueError):
   """The photometric interpretation or LUT is one the policy cannot apply."""
 
 
+class InvalidAttributeError(ValueError):
+  """An attribute the policy needs holds no valid value (a damaged file)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class PixelPolicy:
   """How stored pixels become output pixels.
@@ -123,27 +127,131 @@ def _find(ds: Any, keyword: str, frame: int = 0) -> Any:
   return None
 
 
-def _as_list(value: Any) -> list[float]:
+def _numbers(value: Any, keyword: str) -> list[float]:
+  """Returns the finite numbers of a (multi-valued) numeric attribute.
+
+  Args:
+    value: the attribute's value (None when absent).
+    keyword: the attribute's keyword, for the error message.
+
+  Returns:
+    The values as floats ([] when absent).
+
+  Raises:
+    InvalidAttributeError: a value is not a finite number (pydicom keeps an
+      undecodable DS / IS as its raw text).
+  """
   if value is None:
     return []
-  if isinstance(value, str | bytes) or not hasattr(value, "__iter__"):
-    return [float(value)]
-  return [float(v) for v in value]
+  items = [value] if isinstance(value, str | bytes) or not hasattr(value, "__iter__") else value
+  try:
+    out = [float(v) for v in items]
+  except (TypeError, ValueError) as e:
+    raise InvalidAttributeError(f"{keyword} {value!r} is not a number") from e
+  if not all(math.isfinite(v) for v in out):
+    raise InvalidAttributeError(f"{keyword} {value!r} is not finite")
+  return out
 
 
-def _lut_arrays(item: Any, signed_first: bool) -> tuple[np.ndarray, int, int]:
-  """Returns (lut values, first mapped value, output bits) of a LUT item."""
-  n, first, bits = (int(v) for v in item.LUTDescriptor)
+_BIG_ENDIAN_SYNTAX = "1.2.840.10008.1.2.2"  # Explicit VR Big Endian, the only one.
+
+
+def byte_order(ds: Any) -> str:
+  """Returns the byte order ('<' or '>') of the dataset's own encoding.
+
+  pydicom keeps OW values (LUT data) as the bytes of the file, so they must be
+  decoded with the byte order the file was written in: the encoding pydicom
+  read the dataset with, else the transfer syntax of its file meta, else
+  little endian.
+
+  Args:
+    ds: a pydicom Dataset.
+
+  Returns:
+    '>' for Explicit VR Big Endian, '<' otherwise.
+  """
+  encoding = getattr(ds, "original_encoding", (None, None))
+  if encoding[1] is not None:
+    return "<" if encoding[1] else ">"
+  meta = getattr(ds, "file_meta", None)
+  uid = meta.get("TransferSyntaxUID") if meta is not None else None
+  return ">" if uid is not None and str(uid) == _BIG_ENDIAN_SYNTAX else "<"
+
+
+def _descriptor(value: Any, order: str, signed_first: bool) -> tuple[int, int, int]:
+  """Returns (entries, first mapped value, bits per entry) of a LUT descriptor.
+
+  Args:
+    value: the descriptor's value: three ints, or six raw bytes when pydicom
+      could not resolve its VR.
+    order: the dataset's byte order.
+    signed_first: the first mapped value is signed (Pixel Representation 1).
+
+  Returns:
+    (number of entries, 0 meaning 65536; first mapped value; bits per entry).
+  """
+  if isinstance(value, bytes | bytearray):
+    values = [int(v) for v in np.frombuffer(bytes(value), order + "u2")]
+  else:
+    values = [int(v) for v in value]
+  if len(values) != 3:
+    raise UnsupportedImageError(f"LUT descriptor {values} does not have 3 values")
+  n, first, bits = values
   n = n or 65536
   if signed_first and first >= 1 << 15:
     first -= 1 << 16
-  data = item.LUTData
-  if isinstance(data, bytes):
-    dtype = np.uint8 if (bits <= 8 and len(data) == n) else np.dtype("<u2")
-    lut = np.frombuffer(data, dtype=dtype)
-  else:
-    lut = np.asarray(_as_list(data) if not isinstance(data, list | tuple) else data)
-  lut = lut.astype(np.float64)[:n]
+  if not 1 <= bits <= 16:
+    raise UnsupportedImageError(f"LUT descriptor gives {bits} bits per entry")
+  return n, first, bits
+
+
+def _entries(value: Any, vr: str, bits: int, order: str) -> np.ndarray:
+  """Decodes LUT (or segmented LUT) data into its entries, in table order.
+
+  Words (OW) are decoded with the dataset's byte order. 8-bit entries are
+  packed two per word, the first in the low byte (PS3.5 8.1.1), so they are
+  taken from the decoded words rather than from the raw bytes, which a big
+  endian file stores swapped.
+
+  Args:
+    value: the element's value: bytes (OW / OB) or ints (US, decoded by pydicom).
+    vr: the element's VR.
+    bits: bits per entry from the descriptor.
+    order: the dataset's byte order.
+
+  Returns:
+    int64 entries.
+  """
+  if not isinstance(value, bytes | bytearray):
+    return np.asarray([value] if np.isscalar(value) else list(value), dtype=np.int64)
+  data = bytes(value)
+  if vr == "OB":
+    return np.frombuffer(data, np.uint8).astype(np.int64)
+  if len(data) % 2:
+    raise UnsupportedImageError(f"LUT data of odd length {len(data)} in 16-bit words")
+  words = np.frombuffer(data, order + "u2")
+  if bits > 8:
+    return words.astype(np.int64)
+  return words.astype("<u2").view(np.uint8).astype(np.int64)
+
+
+def _lut_arrays(item: Any, signed_first: bool, order: str) -> tuple[np.ndarray, int, int]:
+  """Returns (lut values, first mapped value, output bits) of a LUT item.
+
+  Args:
+    item: a Modality / VOI LUT Sequence item.
+    signed_first: the first mapped value is signed (Pixel Representation 1).
+    order: the dataset's byte order.
+
+  Returns:
+    float64 LUT entries, the first mapped value and the bits per entry.
+  """
+  n, first, bits = _descriptor(item["LUTDescriptor"].value, order, signed_first)
+  element = item["LUTData"]
+  value = element.value
+  # 8-bit entries are either packed (n bytes, padded to even) or one per word.
+  packed = isinstance(value, bytes | bytearray) and bits <= 8 and len(value) in (n, n + 1)
+  lut = _entries(value, element.VR, 8 if packed else 16, order)[:n].astype(np.float64)
   if lut.size == 0:
     raise UnsupportedImageError("empty LUT data")
   return lut, first, bits
@@ -167,14 +275,15 @@ def modality_lut(stored: np.ndarray, ds: Any, frame: int = 0) -> np.ndarray:
   """
   seq = ds.get("ModalityLUTSequence")
   if seq:
-    lut, first, _ = _lut_arrays(seq[0], signed_first=ds.get("PixelRepresentation", 0) == 1)
+    signed = ds.get("PixelRepresentation", 0) == 1
+    lut, first, _ = _lut_arrays(seq[0], signed, byte_order(ds))
     return _apply_lut(stored.astype(np.float64), lut, first)
   values = stored.astype(np.float64)
   slope = _find(ds, "RescaleSlope", frame)
   intercept = _find(ds, "RescaleIntercept", frame)
   if slope is not None or intercept is not None:
-    slope = 1.0 if slope is None else float(slope)
-    intercept = 0.0 if intercept is None else float(intercept)
+    slope = (_numbers(slope, "RescaleSlope") or [1.0])[0]
+    intercept = (_numbers(intercept, "RescaleIntercept") or [0.0])[0]
     if slope != 1.0:
       values *= slope
     if intercept != 0.0:
@@ -254,8 +363,8 @@ def voi(
   """
   if policy.use_dicom_voi:
     lut_item = _voi_lut_item(ds, policy)
-    centers = _as_list(_find(ds, "WindowCenter", frame))
-    widths = _as_list(_find(ds, "WindowWidth", frame))
+    centers = _numbers(_find(ds, "WindowCenter", frame), "WindowCenter")
+    widths = _numbers(_find(ds, "WindowWidth", frame), "WindowWidth")
     function = str(_find(ds, "VOILUTFunction", frame) or "LINEAR").strip().upper()
     candidates = []
     if lut_item is not None:
@@ -264,7 +373,8 @@ def voi(
       candidates.insert(0 if not policy.prefer_voi_lut else len(candidates), "window")
     for method in candidates:
       if method == "voi_lut":
-        lut, first, bits = _lut_arrays(lut_item, signed_first=ds.get("PixelRepresentation", 0) == 1)
+        signed = ds.get("PixelRepresentation", 0) == 1
+        lut, first, bits = _lut_arrays(lut_item, signed, byte_order(ds))
         out = _apply_lut(values, lut, first) / float((1 << bits) - 1)
         out = np.clip(out, 0.0, 1.0, out=out)
         applied = VoiApplied("voi_lut")
@@ -330,14 +440,113 @@ def color_to_uint8(rgb: np.ndarray, ds: Any) -> np.ndarray:
   """
   if rgb.size == 0 or rgb.min() == rgb.max():
     raise EmptyImageError("constant image (all pixels equal)")
-  bits = int(ds.get("BitsStored", 8) or 8)
+  bits = int((_numbers(ds.get("BitsStored"), "BitsStored") or [8])[0])
+  if not 1 <= bits <= 64:
+    raise InvalidAttributeError(f"BitsStored {bits} for colour samples")
   if rgb.dtype.kind == "i":
     raise UnsupportedImageError("signed colour samples")
   return to_uint8(rgb, bits)
 
 
+def expand_segmented_lut(data: np.ndarray) -> np.ndarray:
+  """Expands Segmented Palette Color LUT Data (PS3.3 C.7.9.2).
+
+  A discrete segment (opcode 0, length L) lists L entries. A linear segment
+  (opcode 1, length L, end value y1) continues from the previous entry y0 with
+  y0 + (y1 - y0) * i / L for i = 1..L, rounded half up: it ends exactly on y1.
+  Indirect segments (opcode 2) are refused: implementations disagree on the
+  unit of their offset (bytes or entries), and a guess would give wrong
+  colours silently.
+
+  Args:
+    data: (M,) int entries of the segmented data, in table order.
+
+  Returns:
+    (N,) int64 expanded LUT.
+
+  Raises:
+    UnsupportedImageError: an indirect or unknown segment, a linear segment
+      first, or a segment running past the data.
+  """
+  values = [int(v) for v in data]
+  out: list[int] = []
+  pos = 0
+  # A trailing odd entry is padding.
+  while pos + 1 < len(values):
+    opcode, length = values[pos], values[pos + 1]
+    if opcode == 0:
+      if pos + 2 + length > len(values):
+        raise UnsupportedImageError("segmented palette: a discrete segment runs past the data")
+      out.extend(values[pos + 2 : pos + 2 + length])
+      pos += 2 + length
+    elif opcode == 1:
+      if not out or pos + 2 >= len(values):
+        raise UnsupportedImageError("segmented palette: misplaced linear segment")
+      y0, y1 = out[-1], values[pos + 2]
+      steps = np.arange(1, length + 1, dtype=np.float64)
+      out.extend(int(v) for v in np.floor(y0 + (y1 - y0) * steps / length + 0.5))
+      pos += 3
+    elif opcode == 2:
+      raise UnsupportedImageError("segmented palette: indirect segments are not supported")
+    else:
+      raise UnsupportedImageError(f"segmented palette: unknown segment opcode {opcode}")
+  return np.asarray(out, dtype=np.int64)
+
+
+def palette_luts(ds: Any) -> list[tuple[np.ndarray, int, int]]:
+  """Reads the red, green and blue palettes of a PALETTE COLOR dataset.
+
+  Descriptors and data (plain or segmented) are decoded with the dataset's
+  own byte order (see `byte_order`).
+
+  Args:
+    ds: the pydicom Dataset.
+
+  Returns:
+    Per channel (red, green, blue): the int64 LUT entries, the first mapped
+    index and the bits per entry (16 when the entries exceed the descriptor's
+    bits: 8-bit descriptors over 16-bit values occur in the wild).
+
+  Raises:
+    UnsupportedImageError: a missing, empty or malformed palette.
+  """
+  order = byte_order(ds)
+  signed = ds.get("PixelRepresentation", 0) == 1
+  luts = []
+  for color in ("Red", "Green", "Blue"):
+    descriptor = ds.get(f"{color}PaletteColorLookupTableDescriptor")
+    if descriptor is None:
+      raise UnsupportedImageError(f"PALETTE COLOR without a {color} palette descriptor")
+    n, first, bits = _descriptor(descriptor, order, signed)
+    plain = ds.get(f"{color}PaletteColorLookupTableData")
+    segmented = ds.get(f"Segmented{color}PaletteColorLookupTableData")
+    if plain is not None:
+      element = ds[f"{color}PaletteColorLookupTableData"]
+      lut = _entries(plain, element.VR, bits, order)
+      if lut.size < n:
+        raise UnsupportedImageError(
+          f"{color} palette data holds {lut.size} entries, its descriptor {n}"
+        )
+      lut = lut[:n]
+    elif segmented is not None:
+      element = ds[f"Segmented{color}PaletteColorLookupTableData"]
+      lut = expand_segmented_lut(_entries(segmented, element.VR, bits, order))[:n]
+    else:
+      raise UnsupportedImageError(f"PALETTE COLOR without {color} palette data")
+    if lut.size == 0:
+      raise UnsupportedImageError(f"empty {color} palette")
+    if int(lut.max()) > (1 << bits) - 1:
+      bits = 16
+    luts.append((lut, first, bits))
+  return luts
+
+
 def palette_to_uint8(indices: np.ndarray, ds: Any) -> np.ndarray:
   """Maps PALETTE COLOR indices through the palette to 8-bit RGB.
+
+  An index below the first mapped value takes the first entry, one past the
+  table the last (PS3.3 C.7.6.3.1.5); entries of more than 8 bits are scaled
+  by 255 / (2**bits - 1) and rounded.
 
   Args:
     indices: (H, W) palette indices.
@@ -345,16 +554,18 @@ def palette_to_uint8(indices: np.ndarray, ds: Any) -> np.ndarray:
 
   Returns:
     (H, W, 3) uint8.
-  """
-  from pydicom.pixels import apply_color_lut
 
+  Raises:
+    EmptyImageError: the frame is constant.
+    UnsupportedImageError: a missing or malformed palette.
+  """
   if indices.size == 0 or indices.min() == indices.max():
     raise EmptyImageError("constant image (all pixels equal)")
-  rgb = apply_color_lut(indices, ds)
-  bits = int(ds.RedPaletteColorLookupTableDescriptor[2])
-  if rgb.dtype == np.uint8:
-    bits = 8
-  return to_uint8(rgb, bits)
+  channels = []
+  for lut, first, bits in palette_luts(ds):
+    index = np.clip(indices.astype(np.int64) - first, 0, lut.size - 1)
+    channels.append(to_uint8(lut[index], bits))
+  return np.stack(channels, axis=-1)
 
 
 def resize_long_side(image: np.ndarray, max_size: int) -> np.ndarray:
