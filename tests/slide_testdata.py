@@ -137,7 +137,7 @@ def make_slide(
   # The blank rectangle (top right) and the pen stroke (bottom right).
   blank = (int(0.72 * width), int(0.05 * height), int(0.24 * width), int(0.3 * height))
   pen_center = 0.72 + 0.08 * np.sin(2 * np.pi * (u - 0.7) / 0.25)
-  pen = (np.abs(v - pen_center) * height < 0.012 * height) & (u > 0.7) & (u < 0.97)
+  pen = (np.abs(v - pen_center) < 0.045) & (u > 0.7) & (u < 0.97)
   speck = ((xx - 0.84 * width) ** 2 + (yy - 0.5 * height) ** 2) <= (0.006 * width) ** 2
   assert (
     not tissue[blank[1] : blank[1] + blank[3], blank[0] : blank[0] + blank[2]].any()
