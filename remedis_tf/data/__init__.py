@@ -7,15 +7,21 @@ from remedis_tf.data.input_pipeline import (
   make_supervised_dataset,
   patient_scores,
   read_records,
+  record_key,
   select_label_fraction,
 )
 from remedis_tf.data.manifest import read_manifest
+from remedis_tf.data.micle import MicleIndex, MicleStats
+from remedis_tf.data.micle import build_index as build_micle_index
 from remedis_tf.data.presets import PRESETS, AugmentConfig, get_preset
 
 __all__ = [
   "PRESETS",
   "AugmentConfig",
+  "MicleIndex",
+  "MicleStats",
   "augment_view",
+  "build_micle_index",
   "get_preset",
   "list_files",
   "make_pretrain_dataset",
@@ -24,5 +30,6 @@ __all__ = [
   "preprocess_eval",
   "read_manifest",
   "read_records",
+  "record_key",
   "select_label_fraction",
 ]

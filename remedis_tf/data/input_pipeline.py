@@ -20,6 +20,7 @@ from __future__ import annotations
 import glob
 import os
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import tensorflow as tf
@@ -29,7 +30,11 @@ from remedis_tf.data.manifest import read_manifest
 from remedis_tf.data.presets import AugmentConfig, get_preset
 from tfrecords_tools import schema
 
+if TYPE_CHECKING:
+  from remedis_tf.data import micle
+
 LABEL_MODES = ("multi_class", "multi_label")
+POSITIVE_PAIRS = ("augment", "micle")
 _FRACTION_KEY = 0x5F3759DF  # second half of the SipHash key for label fractions
 _FRACTION_BUCKETS = 2**53
 
@@ -106,6 +111,25 @@ def read_records(
   if not by_file and num_pipelines > 1:
     ds = ds.shard(num_pipelines, pipeline_id)
   return ds
+
+
+def record_key(source_id: tf.Tensor, frame_index: tf.Tensor, encoded: tf.Tensor) -> tf.Tensor:
+  """The int64 key of records, which seeds their augmentations (see seeds.example_key).
+
+  Hashes `image/source_id` + "#" + frame index, or the encoded image when the
+  record has no source id.
+
+  Args:
+    source_id: string tensor, the records' `image/source_id`.
+    frame_index: int64 tensor of the same shape, `image/frame_index`.
+    encoded: string tensor of the same shape, `image/encoded`.
+
+  Returns:
+    int64 tensor of the same shape.
+  """
+  source = tf.strings.join([source_id, tf.strings.as_string(frame_index)], "#")
+  source = tf.where(tf.strings.length(source_id) > 0, source, "")
+  return seeds.example_key(source, encoded)
 
 
 def patient_scores(patient_hashes: tf.Tensor, seed: int) -> tf.Tensor:
@@ -185,6 +209,7 @@ def _parsed_records(
     schema.IMAGE_FRAME_INDEX,
     schema.LABEL,
     schema.PATIENT_ID_HASH,
+    schema.STUDY_ID_HASH,
     schema.SITE,
     schema.SPLIT,
   ]
@@ -196,15 +221,14 @@ def _parsed_records(
 
   def parse(serialized):
     ex = tf.io.parse_single_example(serialized, spec)
-    source = tf.strings.join(
-      [ex[schema.IMAGE_SOURCE_ID], tf.strings.as_string(ex[schema.IMAGE_FRAME_INDEX])], "#"
-    )
-    source = tf.where(tf.strings.length(ex[schema.IMAGE_SOURCE_ID]) > 0, source, "")
     out = {
       "encoded": ex[schema.IMAGE_ENCODED],
-      "key": seeds.example_key(source, ex[schema.IMAGE_ENCODED]),
+      "key": record_key(
+        ex[schema.IMAGE_SOURCE_ID], ex[schema.IMAGE_FRAME_INDEX], ex[schema.IMAGE_ENCODED]
+      ),
       "label": tf.cast(ex[schema.LABEL], tf.int32),
       "patient_id_hash": ex[schema.PATIENT_ID_HASH],
+      "study_id_hash": ex[schema.STUDY_ID_HASH],
       "site": ex[schema.SITE],
       "split": ex[schema.SPLIT],
       "source_id": ex[schema.IMAGE_SOURCE_ID],
@@ -297,8 +321,18 @@ def make_pretrain_dataset(
   drop_remainder: bool = True,
   deterministic: bool = False,
   skip_examples: int = 0,
+  positive_pairs: str = "augment",
+  micle_group: str = "patient",
+  micle_index: micle.MicleIndex | None = None,
 ) -> tf.data.Dataset:
   """Batches of two augmented views per example, for contrastive pretraining.
+
+  Every record is the anchor once per epoch. With `positive_pairs="augment"`
+  both views augment the anchor; with "micle" (see remedis_tf.data.micle)
+  view2 augments another image of the anchor's patient or study, or the
+  anchor itself when its group has no other image. Either way the views use
+  the seeds of (seed, anchor key, epoch, view), and the anchor stream (order,
+  sharding, skipping) is the same.
 
   Args:
     files: glob pattern(s) or paths of TFRecord shards.
@@ -319,13 +353,37 @@ def make_pretrain_dataset(
       `deterministic` and the same seed, files and sharding, the stream after
       skipping n equals the uninterrupted stream from its n-th example on,
       views included (the trainers resume this way).
+    positive_pairs: "augment" (two views of one image) or "micle".
+    micle_group: "patient" or "study": the group MICLe pairs come from.
+    micle_index: a micle.build_index result for these files, group, split
+      and site, so that several pipelines share one index; None builds it
+      here (one pass over all the files).
 
   Returns:
     Dataset of dicts: 'view1', 'view2' (B, S, S, 3) float32 in [0, 1],
-    'label' (B,) int32 (-1 when unlabelled), 'epoch' (B,) int64.
+    'label' (B,) int32 (-1 when unlabelled), 'epoch' (B,) int64; with
+    "micle" also 'partner_key' (B,) int64 (the example key of view2's image)
+    and 'fallback' (B,) bool (view2 is of the anchor itself).
+
+  Raises:
+    ValueError: an unknown `positive_pairs` or `micle_group`, or a
+      `micle_index` built for other files or filters.
   """
+  if positive_pairs not in POSITIVE_PAIRS:
+    raise ValueError(f"positive_pairs must be one of {POSITIVE_PAIRS}, got {positive_pairs!r}")
   config = get_preset(preset)
   base = seeds.make_seed(seed)
+  if positive_pairs == "micle":
+    # Imported here: micle builds on this module (list_files, record_key).
+    from remedis_tf.data import micle as micle_lib
+
+    if micle_group not in micle_lib.GROUPS:
+      raise ValueError(f"micle_group must be one of {micle_lib.GROUPS}, got {micle_group!r}")
+    if micle_index is None:
+      micle_index = micle_lib.build_index(files, group=micle_group, split=split, site=site)
+    micle_index.check_matches(
+      list_files(files), micle_group, micle_lib.as_tuple(split), micle_lib.as_tuple(site)
+    )
   ds = _parsed_records(
     files,
     input_context=input_context,
@@ -343,11 +401,19 @@ def make_pretrain_dataset(
   def two_views(ex):
     image = _decode(ex["encoded"], config.channels)
     example_seed = seeds.fold_in(base, ex["key"], ex["epoch"])
+    out = {"label": ex["label"], "epoch": ex["epoch"]}
+    if micle_index is None:
+      image2 = image
+    else:
+      partner = micle_index.partner(ex, example_seed)
+      image2 = tf.cond(
+        partner["fallback"], lambda: image, lambda: _decode(partner["encoded"], config.channels)
+      )
+      out.update(partner_key=partner["key"], fallback=partner["fallback"])
     return {
       "view1": augment.augment_view(image, config, seeds.fold_in(example_seed, 1), image_size),
-      "view2": augment.augment_view(image, config, seeds.fold_in(example_seed, 2), image_size),
-      "label": ex["label"],
-      "epoch": ex["epoch"],
+      "view2": augment.augment_view(image2, config, seeds.fold_in(example_seed, 2), image_size),
+      **out,
     }
 
   ds = ds.map(two_views, num_parallel_calls=tf.data.AUTOTUNE)
