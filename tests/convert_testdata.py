@@ -9,6 +9,7 @@ from __future__ import annotations
 import glob
 import io
 import os
+import random
 
 import numpy as np
 import pydicom
@@ -396,3 +397,39 @@ def raw_palette_reference(path: str) -> np.ndarray:
     top = 2**bits - 1
     channels.append(((2 * mapped * 255 + top) // (2 * top)).astype(np.uint8))
   return np.stack(channels, axis=-1)
+
+
+def shipped_file(name: str) -> str:
+  """Path of a .dcm shipped by pydicom or pydicom-data, found by globbing.
+
+  (pydicom.data.get_testdata_files tries to download, which hangs offline.)
+  """
+  for path in all_shipped_files():
+    if os.path.basename(path) == name:
+      return path
+  raise FileNotFoundError(name)
+
+
+def damaged_copies(data: bytes, count: int, seed: int) -> list[bytes]:
+  """Deterministic damaged versions of a file: truncations and byte flips.
+
+  Args:
+    data: the intact file.
+    count: how many copies; every third is a truncation, the others
+      overwrite 1, 4, 16 or 64 random bytes.
+    seed: the random seed.
+
+  Returns:
+    `count` damaged copies.
+  """
+  rng = random.Random(seed)
+  out = []
+  for i in range(count):
+    b = bytearray(data)
+    if i % 3 == 0:
+      b = b[: rng.randrange(1, len(b))]
+    else:
+      for _ in range(rng.choice([1, 4, 16, 64])):
+        b[rng.randrange(len(b))] = rng.randrange(256)
+    out.append(bytes(b))
+  return out

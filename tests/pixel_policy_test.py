@@ -1,10 +1,12 @@
-"""Pixel policy against pydicom's own LUT functions and NumPy float64 formulas."""
+"""Pixel policy against pydicom's monochrome LUT functions, NumPy float64 formulas and
+known palettes (pydicom 3.0.2's apply_color_lut misreads big endian palettes, so it is
+no reference for colour)."""
 
 import convert_testdata as td
 import numpy as np
 import pytest
 from pydicom.dataset import Dataset
-from pydicom.pixels import apply_color_lut, apply_modality_lut
+from pydicom.pixels import apply_modality_lut
 
 from tfrecords_tools import pixel_policy as pp
 
@@ -167,22 +169,60 @@ def test_functional_group_window_is_used():
   assert (applied.method, applied.center, applied.width) == ("window", 1000, 500)
 
 
-def test_palette_matches_pydicom_and_known_lut():
+@pytest.mark.parametrize("order", ["<", ">"])
+@pytest.mark.parametrize("bits", [8, 16])
+def test_palette_known_lut_in_both_byte_orders(bits, order):
   indices = td.ramp(16, 16, 0, 255, dtype=np.uint8)
-  ds = td.make_dataset(indices, photometric="PALETTE COLOR", bits_stored=8)
   ramp = np.arange(256)
-  ds.RedPaletteColorLookupTableDescriptor = [256, 0, 16]
-  ds.GreenPaletteColorLookupTableDescriptor = [256, 0, 16]
-  ds.BluePaletteColorLookupTableDescriptor = [256, 0, 16]
-  red, green, blue = ramp * 257, (255 - ramp) * 257, (ramp // 2) * 257
-  ds.RedPaletteColorLookupTableData = red.astype("<u2").tobytes()
-  ds.GreenPaletteColorLookupTableData = green.astype("<u2").tobytes()
-  ds.BluePaletteColorLookupTableData = blue.astype("<u2").tobytes()
+  top = 2**bits - 1
+  luts = [ramp * top // 255, (255 - ramp) * top // 255, (ramp // 2) * top // 255]
+  ds = td.palette_dataset(indices, luts, bits=bits, order=order)
+  if order == ">":  # In memory, the file meta's transfer syntax gives the order.
+    ds.file_meta.TransferSyntaxUID = td.BIG_ENDIAN_UID
+  assert pp.byte_order(ds) == order
   got = pp.palette_to_uint8(indices, ds)
+  # Each table maps i to a multiple of (2**bits - 1) / 255: exact in 8 bits.
   expected = np.stack([ramp[indices], 255 - ramp[indices], ramp[indices] // 2], -1)
   np.testing.assert_array_equal(got, expected)
-  ref = np.rint(apply_color_lut(indices, ds) / 65535.0 * 255).astype(np.uint8)
-  np.testing.assert_array_equal(got, ref)
+
+
+def test_palette_byte_order_follows_the_read_encoding():
+  indices = td.ramp(8, 8, 0, 255, dtype=np.uint8)
+  luts = [np.arange(256) * 257] * 3
+  ds = td.palette_dataset(indices, luts, bits=16, order=">")
+  ds.file_meta.TransferSyntaxUID = td.BIG_ENDIAN_UID
+  ds.set_original_encoding(False, False)  # what pydicom records when reading
+  assert pp.byte_order(ds) == ">"
+  ds.set_original_encoding(False, True)
+  assert pp.byte_order(ds) == "<"  # the read encoding wins over the file meta
+
+
+def test_segmented_lut_expansion_known_answer():
+  # Discrete [10, 20]; linear to 0 in 4 steps: 15, 10, 5, 0; linear to 3 in 2
+  # steps: 1.5 -> 2 (half up), 3. A trailing odd entry is padding.
+  data = np.array([0, 2, 10, 20, 1, 4, 0, 1, 2, 3, 0])
+  np.testing.assert_array_equal(pp.expand_segmented_lut(data), [10, 20, 15, 10, 5, 0, 2, 3])
+  with pytest.raises(pp.UnsupportedImageError):
+    pp.expand_segmented_lut(np.array([0, 1, 5, 2, 1, 0, 0]))  # indirect
+  for bad in ([1, 2, 5], [0, 5, 1, 2], [7, 1, 1]):  # linear first, overrun, unknown opcode
+    with pytest.raises(pp.InvalidAttributeError):
+      pp.expand_segmented_lut(np.array(bad))
+
+
+def test_palette_with_8_bit_descriptor_over_16_bit_values_is_scaled_as_16_bit():
+  indices = td.ramp(8, 8, 0, 255, dtype=np.uint8)
+  lut = np.arange(256) * 257  # 16-bit values under an 8-bit descriptor
+  ds = td.palette_dataset(indices, [lut] * 3, bits=8, words_for_8_bit=True)
+  got = pp.palette_to_uint8(indices, ds)
+  np.testing.assert_array_equal(got, np.repeat(indices[..., None], 3, -1))
+
+
+def test_missing_palette_is_invalid():
+  indices = td.ramp(8, 8, 0, 255, dtype=np.uint8)
+  ds = td.palette_dataset(indices, [np.arange(256)] * 3, bits=8)
+  del ds.BluePaletteColorLookupTableData
+  with pytest.raises(pp.InvalidAttributeError, match="Blue"):
+    pp.palette_to_uint8(indices, ds)
 
 
 def test_color_scaling_to_8_bit():

@@ -48,7 +48,7 @@ class UnsupportedImageError(ValueError):
 
 
 class InvalidAttributeError(ValueError):
-  """An attribute the policy needs holds no valid value (a damaged file)."""
+  """An attribute the policy needs is missing or malformed (a damaged file)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -189,19 +189,24 @@ def _descriptor(value: Any, order: str, signed_first: bool) -> tuple[int, int, i
 
   Returns:
     (number of entries, 0 meaning 65536; first mapped value; bits per entry).
+
+  Raises:
+    InvalidAttributeError: not three numbers, or bits outside 1..16.
   """
   if isinstance(value, bytes | bytearray):
+    if len(value) != 6:
+      raise InvalidAttributeError(f"LUT descriptor of {len(value)} bytes")
     values = [int(v) for v in np.frombuffer(bytes(value), order + "u2")]
   else:
-    values = [int(v) for v in value]
+    values = [int(v) for v in _numbers(value, "LUT descriptor")]
   if len(values) != 3:
-    raise UnsupportedImageError(f"LUT descriptor {values} does not have 3 values")
+    raise InvalidAttributeError(f"LUT descriptor {values} does not have 3 values")
   n, first, bits = values
   n = n or 65536
   if signed_first and first >= 1 << 15:
     first -= 1 << 16
   if not 1 <= bits <= 16:
-    raise UnsupportedImageError(f"LUT descriptor gives {bits} bits per entry")
+    raise InvalidAttributeError(f"LUT descriptor gives {bits} bits per entry")
   return n, first, bits
 
 
@@ -221,6 +226,9 @@ def _entries(value: Any, vr: str, bits: int, order: str) -> np.ndarray:
 
   Returns:
     int64 entries.
+
+  Raises:
+    InvalidAttributeError: words data of odd length.
   """
   if not isinstance(value, bytes | bytearray):
     return np.asarray([value] if np.isscalar(value) else list(value), dtype=np.int64)
@@ -228,7 +236,7 @@ def _entries(value: Any, vr: str, bits: int, order: str) -> np.ndarray:
   if vr == "OB":
     return np.frombuffer(data, np.uint8).astype(np.int64)
   if len(data) % 2:
-    raise UnsupportedImageError(f"LUT data of odd length {len(data)} in 16-bit words")
+    raise InvalidAttributeError(f"LUT data of odd length {len(data)} in 16-bit words")
   words = np.frombuffer(data, order + "u2")
   if bits > 8:
     return words.astype(np.int64)
@@ -245,16 +253,42 @@ def _lut_arrays(item: Any, signed_first: bool, order: str) -> tuple[np.ndarray, 
 
   Returns:
     float64 LUT entries, the first mapped value and the bits per entry.
+
+  Raises:
+    InvalidAttributeError: a missing or malformed descriptor or data.
   """
+  if item.get("LUTDescriptor") is None or item.get("LUTData") is None:
+    raise InvalidAttributeError("LUT item without LUT Descriptor or LUT Data")
   n, first, bits = _descriptor(item["LUTDescriptor"].value, order, signed_first)
-  element = item["LUTData"]
-  value = element.value
-  # 8-bit entries are either packed (n bytes, padded to even) or one per word.
-  packed = isinstance(value, bytes | bytearray) and bits <= 8 and len(value) in (n, n + 1)
-  lut = _entries(value, element.VR, 8 if packed else 16, order)[:n].astype(np.float64)
-  if lut.size == 0:
-    raise UnsupportedImageError("empty LUT data")
+  lut = _table(item["LUTData"], n, bits, order, "LUT").astype(np.float64)
   return lut, first, bits
+
+
+def _table(element: Any, n: int, bits: int, order: str, name: str) -> np.ndarray:
+  """Decodes a (non-segmented) LUT data element into its first `n` entries.
+
+  8-bit entries come either packed two per word (n bytes, padded to a whole
+  word) or one per word (2n bytes, an older layout); 16-bit ones one per word.
+
+  Args:
+    element: the LUT data element.
+    n: number of entries (from the descriptor).
+    bits: bits per entry (from the descriptor).
+    order: the dataset's byte order.
+    name: the table's name, for error messages.
+
+  Returns:
+    (n,) int64 entries.
+
+  Raises:
+    InvalidAttributeError: fewer entries than the descriptor says.
+  """
+  value = element.value
+  packed = isinstance(value, bytes | bytearray) and bits <= 8 and len(value) in (n, n + 1)
+  lut = _entries(value, element.VR, 8 if packed else 16, order)
+  if lut.size < n:
+    raise InvalidAttributeError(f"{name} data holds {lut.size} entries, its descriptor {n}")
+  return lut[:n]
 
 
 def _apply_lut(values: np.ndarray, lut: np.ndarray, first: int) -> np.ndarray:
@@ -453,7 +487,9 @@ def expand_segmented_lut(data: np.ndarray) -> np.ndarray:
 
   A discrete segment (opcode 0, length L) lists L entries. A linear segment
   (opcode 1, length L, end value y1) continues from the previous entry y0 with
-  y0 + (y1 - y0) * i / L for i = 1..L, rounded half up: it ends exactly on y1.
+  y0 + (y1 - y0) * i / L for i = 1..L, so it ends exactly on y1; the standard
+  leaves the rounding open: half up, as GDCM does (pydicom rounds half to
+  even, which differs only on exact ties).
   Indirect segments (opcode 2) are refused: implementations disagree on the
   unit of their offset (bytes or entries), and a guess would give wrong
   colours silently.
@@ -465,8 +501,9 @@ def expand_segmented_lut(data: np.ndarray) -> np.ndarray:
     (N,) int64 expanded LUT.
 
   Raises:
-    UnsupportedImageError: an indirect or unknown segment, a linear segment
-      first, or a segment running past the data.
+    UnsupportedImageError: an indirect segment.
+    InvalidAttributeError: an unknown opcode, a linear segment first, or a
+      segment running past the data.
   """
   values = [int(v) for v in data]
   out: list[int] = []
@@ -476,12 +513,12 @@ def expand_segmented_lut(data: np.ndarray) -> np.ndarray:
     opcode, length = values[pos], values[pos + 1]
     if opcode == 0:
       if pos + 2 + length > len(values):
-        raise UnsupportedImageError("segmented palette: a discrete segment runs past the data")
+        raise InvalidAttributeError("segmented palette: a discrete segment runs past the data")
       out.extend(values[pos + 2 : pos + 2 + length])
       pos += 2 + length
     elif opcode == 1:
       if not out or pos + 2 >= len(values):
-        raise UnsupportedImageError("segmented palette: misplaced linear segment")
+        raise InvalidAttributeError("segmented palette: misplaced linear segment")
       y0, y1 = out[-1], values[pos + 2]
       steps = np.arange(1, length + 1, dtype=np.float64)
       out.extend(int(v) for v in np.floor(y0 + (y1 - y0) * steps / length + 0.5))
@@ -489,7 +526,7 @@ def expand_segmented_lut(data: np.ndarray) -> np.ndarray:
     elif opcode == 2:
       raise UnsupportedImageError("segmented palette: indirect segments are not supported")
     else:
-      raise UnsupportedImageError(f"segmented palette: unknown segment opcode {opcode}")
+      raise InvalidAttributeError(f"segmented palette: unknown segment opcode {opcode}")
   return np.asarray(out, dtype=np.int64)
 
 
@@ -508,7 +545,8 @@ def palette_luts(ds: Any) -> list[tuple[np.ndarray, int, int]]:
     bits: 8-bit descriptors over 16-bit values occur in the wild).
 
   Raises:
-    UnsupportedImageError: a missing, empty or malformed palette.
+    InvalidAttributeError: a missing, empty or malformed palette.
+    UnsupportedImageError: a segmented palette with indirect segments.
   """
   order = byte_order(ds)
   signed = ds.get("PixelRepresentation", 0) == 1
@@ -516,25 +554,19 @@ def palette_luts(ds: Any) -> list[tuple[np.ndarray, int, int]]:
   for color in ("Red", "Green", "Blue"):
     descriptor = ds.get(f"{color}PaletteColorLookupTableDescriptor")
     if descriptor is None:
-      raise UnsupportedImageError(f"PALETTE COLOR without a {color} palette descriptor")
+      raise InvalidAttributeError(f"PALETTE COLOR without a {color} palette descriptor")
     n, first, bits = _descriptor(descriptor, order, signed)
     plain = ds.get(f"{color}PaletteColorLookupTableData")
     segmented = ds.get(f"Segmented{color}PaletteColorLookupTableData")
     if plain is not None:
-      element = ds[f"{color}PaletteColorLookupTableData"]
-      lut = _entries(plain, element.VR, bits, order)
-      if lut.size < n:
-        raise UnsupportedImageError(
-          f"{color} palette data holds {lut.size} entries, its descriptor {n}"
-        )
-      lut = lut[:n]
+      lut = _table(ds[f"{color}PaletteColorLookupTableData"], n, bits, order, f"{color} palette")
     elif segmented is not None:
       element = ds[f"Segmented{color}PaletteColorLookupTableData"]
       lut = expand_segmented_lut(_entries(segmented, element.VR, bits, order))[:n]
     else:
-      raise UnsupportedImageError(f"PALETTE COLOR without {color} palette data")
+      raise InvalidAttributeError(f"PALETTE COLOR without {color} palette data")
     if lut.size == 0:
-      raise UnsupportedImageError(f"empty {color} palette")
+      raise InvalidAttributeError(f"empty {color} palette")
     if int(lut.max()) > (1 << bits) - 1:
       bits = 16
     luts.append((lut, first, bits))
@@ -557,7 +589,8 @@ def palette_to_uint8(indices: np.ndarray, ds: Any) -> np.ndarray:
 
   Raises:
     EmptyImageError: the frame is constant.
-    UnsupportedImageError: a missing or malformed palette.
+    InvalidAttributeError: a missing or malformed palette.
+    UnsupportedImageError: a segmented palette with indirect segments.
   """
   if indices.size == 0 or indices.min() == indices.max():
     raise EmptyImageError("constant image (all pixels equal)")
