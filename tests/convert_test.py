@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import tarfile
-import time
 import zipfile
 
 import convert_testdata as td
@@ -17,7 +16,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfrecords_tools import convert, schema
+from tfrecords_tools import archive_io, convert, schema, shards
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SALT = "unit-test-salt"
@@ -245,8 +244,29 @@ def test_two_workers_equal_one_and_rerun_is_a_no_op(inputs, zip_run, tmp_path):
     convert.convert(_config(inputs["zip"], out, inputs["labels_csv"], shard_size_mb=1))
 
 
-def _cli(*args, timeout=300):
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=ROOT)
+def test_a_damaged_zip_member_is_reported_and_the_run_goes_on(tmp_path):
+  archive = tmp_path / "in.zip"
+  with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
+    for i in range(3):
+      zf.writestr(f"f{i}", td.encode(td.make_dataset(td.ramp(24, 24, seed=i))))
+    damaged = zf.getinfo("f1")
+  data = bytearray(archive.read_bytes())
+  # Overwrite the middle of f1's compressed bytes: its CRC (or inflate) fails.
+  start = damaged.header_offset + 30 + len("f1")
+  middle = start + damaged.compress_size // 2
+  data[middle : middle + 16] = bytes(16)
+  archive.write_bytes(bytes(data))
+  manifest = convert.convert(_config(str(archive), tmp_path / "out"))
+  assert manifest["counts"]["files_converted"] == 2
+  assert manifest["counts"]["files_failed"] == 1
+  with open(tmp_path / "out" / "errors.json") as f:
+    errors = json.load(f)
+  assert [(e["path"], e["reason"]) for e in errors] == [("f1", "corrupt")]
+  assert errors[0]["detail"].startswith("cannot read")
+
+
+def _cli(*args, timeout=300, extra_env=None):
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=ROOT, **(extra_env or {}))
   return subprocess.run(
     [sys.executable, "-m", "tfrecords_tools.convert", *args],
     cwd=ROOT,
@@ -304,53 +324,47 @@ def test_cli_help_and_exit_codes(inputs, tmp_path):
 
 @pytest.mark.slow
 def test_kill_9_then_resume_gives_every_record_once(tmp_path):
-  # Enough work (~30 chunks of noisy 16-bit images at zlib level 9) to be
-  # killed in the middle.
   src = tmp_path / "src"
-  rng = np.random.default_rng(0)
-  for i in range(36):
-    pixels = rng.integers(0, 4096, size=(192, 192)).astype(np.uint16)
+  for i in range(14):
+    pixels = td.ramp(40, 40, 0, 4095, seed=i)
     ds = td.make_dataset(pixels, patient_id=f"P{i}", WindowCenter=2048, WindowWidth=4096)
     td.write(str(src / f"f{i:02d}"), td.encode(ds, "rle"))
-  args = [
-    "--input",
-    str(src),
-    "--salt",
-    SALT,
-    "--shard_size_mb",
-    "0.1",
-    "--png_compression",
-    "9",
-    "--noprogress",
-  ]
+  shard_mb = 0.01
+  chunks = shards.plan_chunks(archive_io.open_source(str(src))[1], int(shard_mb * (1 << 20)))
+  assert len(chunks) >= 4 and len(chunks[2].files) >= 2, [len(c.files) for c in chunks]
+  # The converter SIGKILLs itself (its testing aid) after the first file of
+  # the third chunk: two chunks committed, the third half written, the rest
+  # not started. Deterministic: no race between the job and the test.
+  kill_after = len(chunks[0].files) + len(chunks[1].files) + 1
+  args = ["--input", str(src), "--salt", SALT, "--shard_size_mb", str(shard_mb), "--noprogress"]
   reference = tmp_path / "reference"  # converted in-process: TF is already loaded here
-  convert.convert(_config(str(src), reference, shard_size_mb=0.1, png_compression=9))
+  convert.convert(_config(str(src), reference, shard_size_mb=shard_mb))
   out = tmp_path / "killed"
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=ROOT)
-  proc = subprocess.Popen(
-    [sys.executable, "-m", "tfrecords_tools.convert", *args, "--output_dir", str(out)],
-    cwd=ROOT,
-    env=env,
-    stdout=subprocess.DEVNULL,
-    stderr=subprocess.DEVNULL,
+  killed = _cli(
+    *args, "--output_dir", str(out), extra_env={convert.KILL_AFTER_FILES_ENV: str(kill_after)}
   )
-  markers = out / "_work" / "chunks"
-  deadline = time.time() + 240
-  while time.time() < deadline and proc.poll() is None:
-    if markers.is_dir() and len([n for n in os.listdir(markers) if n.endswith(".json")]) >= 3:
-      break
-    time.sleep(0.01)
-  os.kill(proc.pid, signal.SIGKILL)
-  proc.wait()
-  assert not (out / "manifest.json").exists(), "finished before it could be killed"
-  done = len(os.listdir(markers))
-  assert 3 <= done < 36
+  assert killed.returncode == -signal.SIGKILL, killed.stderr
+  assert not (out / "manifest.json").exists()
+  assert sorted(os.listdir(out / "_work" / "chunks")) == ["00000.json", "00001.json"]
+  assert glob.glob(os.path.join(out, "*.tmp-*")), "the third chunk's partial shard is missing"
+  committed = {}
+  for index in (0, 1):
+    with open(shards.marker_path(str(out), index)) as f:
+      for shard in json.load(f)["shards"]:
+        stat = os.stat(out / shard["file"])
+        committed[shard["file"]] = (stat.st_ino, stat.st_mtime_ns)
+  assert committed
+
   resumed = _cli(*args, "--output_dir", str(out))
   assert resumed.returncode == 0, resumed.stderr
+  # Committed chunks were kept, not redone; the rest matches an uninterrupted run.
+  for name, (inode, mtime) in committed.items():
+    stat = os.stat(out / name)
+    assert (stat.st_ino, stat.st_mtime_ns) == (inode, mtime), name
   assert _shard_bytes(out) == _shard_bytes(reference)
   assert not glob.glob(os.path.join(out, "*.tmp-*"))
   records = _read_records(out)
-  assert len(records) == len(set(records)) == 36
+  assert len(records) == len(set(records)) == 14
   ref_manifest = json.load(open(reference / "manifest.json"))
   manifest = json.load(open(out / "manifest.json"))
   assert manifest["shards"] == ref_manifest["shards"]
