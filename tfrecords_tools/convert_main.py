@@ -4,9 +4,11 @@ Usage:
   remedis-convert --input PATH --output_dir DIR [--labels_csv CSV] \
       [--salt SECRET] [--num_workers N] [--split_fractions 0.8,0.1,0.1]
 
-Exit status: 0 on success; 1 when nothing could be converted; 2 on a user
-error (missing input, bad labels CSV, bad flag values, an output directory
-holding a different conversion).
+Exit status: 0 on success; 1 when nothing could be converted, or when the run
+stopped on an internal error (a bug: its traceback is printed, finished chunks
+are kept and rerunning resumes); 2 on a user error (missing input, bad labels
+CSV, bad flag values, an output directory holding a different conversion).
+Bad input files never stop a run: they are listed in errors.json.
 """
 
 from __future__ import annotations

@@ -18,7 +18,14 @@ converter never writes a blank image.
 
 Colour: RGB and YBR (already converted to RGB by pydicom's decoders) and
 PALETTE COLOR (through its palette) become 8-bit RGB; samples of more than 8
-bits are scaled by 255 / (2**bits - 1) and rounded.
+bits are scaled by 255 / (2**bits - 1) and rounded. Palettes (plain or
+segmented, 8- or 16-bit entries) and LUT data in words are decoded here with
+the dataset's own byte order (`byte_order`): pydicom keeps OW values as the
+file's bytes, and its apply_color_lut (3.0.2) reads them as little endian.
+
+Damaged attributes (a missing palette, a malformed LUT, a non-numeric window)
+raise `InvalidAttributeError`; what the policy cannot apply raises
+`UnsupportedImageError`; a constant frame `EmptyImageError`.
 
 Resize (optional): the long side is brought to `max_size` keeping the aspect
 ratio (antialiased bilinear in float32), never enlarged.
