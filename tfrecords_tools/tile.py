@@ -45,6 +45,7 @@ import secrets
 import shutil
 import signal
 import sys
+import threading
 import time
 from collections.abc import Iterable, Sequence
 
@@ -400,6 +401,20 @@ def _init_worker(job: Job) -> None:
   _WORKER["job"] = job
 
 
+def _watch_parent(parent: int) -> None:
+  """Ends this worker process when its parent is gone (e.g. after kill -9)."""
+  while os.getppid() == parent:
+    time.sleep(0.5)
+  os._exit(1)
+
+
+def _init_pool_worker(job: Job, parent: int) -> None:
+  # A pool worker holds both ends of its task queue, so it would wait forever
+  # for work from a parent killed with SIGKILL; this thread ends it instead.
+  threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
+  _init_worker(job)
+
+
 def _close_cached() -> None:
   cached = _WORKER.pop("slide", None)
   if cached is not None:
@@ -625,8 +640,8 @@ def _make_pool(job: Job) -> concurrent.futures.ProcessPoolExecutor | None:
   return concurrent.futures.ProcessPoolExecutor(
     job.config.num_workers,
     mp_context=multiprocessing.get_context("spawn"),
-    initializer=_init_worker,
-    initargs=(job,),
+    initializer=_init_pool_worker,
+    initargs=(job, os.getpid()),
   )
 
 
