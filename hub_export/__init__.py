@@ -9,10 +9,28 @@
 CLIs: remedis-export (hub_export.export_main), remedis-embed (hub_export.embed_main).
 """
 
-from hub_export.embed import embed_dataset
-from hub_export.export import export_encoder
-from hub_export.load import SavedModelEncoder, load_encoder, load_for_finetuning
-from hub_export.metadata import ExportMetadata, metadata_for, parse_release_name
+import importlib
+from typing import Any
+
+# Imported on first use (PEP 562), so that `import hub_export.export_main`
+# runs remedis_tf.cpu_setup before TensorFlow is imported.
+_EXPORTS = {
+  "ExportMetadata": "hub_export.metadata",
+  "SavedModelEncoder": "hub_export.load",
+  "embed_dataset": "hub_export.embed",
+  "export_encoder": "hub_export.export",
+  "load_encoder": "hub_export.load",
+  "load_for_finetuning": "hub_export.load",
+  "metadata_for": "hub_export.metadata",
+  "parse_release_name": "hub_export.metadata",
+}
+
+
+def __getattr__(name: str) -> Any:
+  if name in _EXPORTS:
+    return getattr(importlib.import_module(_EXPORTS[name]), name)
+  raise AttributeError(f"module 'hub_export' has no attribute {name!r}")
+
 
 __all__ = [
   "ExportMetadata",

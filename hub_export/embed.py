@@ -8,13 +8,11 @@ are kept next to its embedding, in record order (files sorted by name).
 
 Preprocessing: each image is decoded to 3 channels (grayscale repeated),
 float32 in [0, 1]. With `central_crop_fraction` f < 1 (remedis-embed
---central_crop_fraction) only the central box of f times each side is kept,
-as in standard evaluation preprocessing: along an axis of n pixels the box has
-max(1, round(f * n)) pixels (round half to even) and starts at
-(n - side + 1) // 2, the rule of remedis_tf.data.crops.center_crop applied to
-each side instead of to a square of the shorter one. The image (or box) is
-then resized whole, bilinear without antialiasing, to image_size x image_size
-(left as is when already that size). f = 1 (default) keeps the whole image.
+--central_crop_fraction) only the central box of f times each side is kept
+(`remedis_tf.data.crops.central_box`), then the image (or box) is resized
+whole to image_size x image_size (`crops.resize_whole`: bilinear, no
+antialiasing, left as is when already that size). f = 1 (default) keeps the
+whole image.
 
 Outputs:
   * `.npz`: arrays 'embedding' (N, C) float32 and one array per record field
@@ -37,12 +35,16 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from hub_export import load
 from hub_export import metadata as metadata_lib
+from remedis_tf.data import crops
+from remedis_tf.data.input_pipeline import list_files
+from remedis_tf.errors import ConfigError
+from remedis_tf.models import SavedModelEncoder
+from remedis_tf.models.outputs import EMBEDDING
 from tfrecords_tools import schema
 
 DEFAULT_IMAGE_SIZE = 224
-EMBEDDING_KEY = "embedding"
+EMBEDDING_KEY = EMBEDDING
 
 # npz array name -> schema key, for the per-record fields carried along.
 RECORD_FIELDS = {
@@ -85,36 +87,8 @@ def default_image_size(model_path: str) -> int:
   return DEFAULT_IMAGE_SIZE
 
 
-def check_central_crop_fraction(fraction: float) -> float:
-  """Returns `fraction` as a float.
-
-  Raises:
-    ValueError: `fraction` is not in (0, 1] (NaN included).
-  """
-  fraction = float(fraction)
-  if not 0.0 < fraction <= 1.0:
-    raise ValueError(f"central_crop_fraction must be in (0, 1], got {fraction}.")
-  return fraction
-
-
-def central_crop(image: tf.Tensor, fraction: float) -> tf.Tensor:
-  """The central box of `fraction` times each side of an image.
-
-  Args:
-    image: (H, W, C).
-    fraction: in (0, 1]; 1 returns `image` itself.
-
-  Returns:
-    (h, w, C) with h = max(1, round(fraction * H)) (half to even), likewise
-    w, starting at row (H - h + 1) // 2 and column (W - w + 1) // 2.
-  """
-  fraction = check_central_crop_fraction(fraction)
-  if fraction == 1.0:
-    return image
-  hw = tf.shape(image)[:2]
-  side = tf.maximum(tf.cast(tf.round(fraction * tf.cast(hw, tf.float64)), tf.int32), 1)
-  offset = (hw - side + 1) // 2
-  return image[offset[0] : offset[0] + side[0], offset[1] : offset[1] + side[1]]
+check_central_crop_fraction = crops.check_fraction
+central_crop = crops.central_box
 
 
 def _num_multi_labels(files: list[str]) -> int:
@@ -143,13 +117,7 @@ def make_dataset(
   def prepare(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
     ex = schema.parse_example(serialized, num_multi_labels=k)
     image = schema.decode_image(ex[schema.IMAGE_ENCODED], channels=3)
-    image = central_crop(image, central_crop_fraction)
-    same = tf.reduce_all(tf.shape(image)[:2] == image_size)
-    image = tf.cond(
-      same,
-      lambda: tf.reshape(image, [image_size, image_size, 3]),
-      lambda: tf.image.resize(image, [image_size, image_size], method="bilinear"),
-    )
+    image = crops.resize_whole(crops.central_box(image, central_crop_fraction), image_size)
     out = {name: ex[key] for name, key in RECORD_FIELDS.items()}
     out["image"] = image
     return out
@@ -161,7 +129,7 @@ def make_dataset(
 
 def make_embed_fn(model_path: str) -> Callable[[tf.Tensor], tf.Tensor]:
   """Returns images (B, H, W, 3) -> pooled embedding (B, C), as a tf.function."""
-  encoder = load.SavedModelEncoder(model_path, trainable=False)
+  encoder = SavedModelEncoder(model_path, trainable=False)
 
   @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)])
   def embed(images: tf.Tensor) -> tf.Tensor:
@@ -302,13 +270,12 @@ def embed_dataset(
     Number of records written.
 
   Raises:
-    ValueError: no files match `data`, an unknown output extension, or
-      `central_crop_fraction` not in (0, 1].
+    InputNotFoundError: no files match `data`.
+    ConfigError: an unknown output extension, or `central_crop_fraction`
+      not in (0, 1].
   """
   central_crop_fraction = check_central_crop_fraction(central_crop_fraction)
-  files = sorted(tf.io.gfile.glob(data))
-  if not files:
-    raise ValueError(f"No files match {data!r}.")
+  files = list_files(data)
   if image_size is None:
     image_size = default_image_size(model_path)
   logging.info(
@@ -331,4 +298,4 @@ def embed_dataset(
     )
   if output.endswith((".tfrecord", ".tfrecords")):
     return write_tfrecord(batches, output)
-  raise ValueError(f"Output must end with .npz, .tfrecord or .tfrecords: {output!r}")
+  raise ConfigError(f"--output must end with .npz, .tfrecord or .tfrecords: {output!r}")

@@ -16,9 +16,14 @@ preprocessing), then resizes that box to --image_size.
 
 from __future__ import annotations
 
+from remedis_tf import cpu_setup  # noqa: F401  (oneDNN default, before TensorFlow)
+
+# isort: split
 from absl import app, flags, logging
 
 from hub_export import embed
+from remedis_tf.errors import UserError
+from remedis_tf.train import cli_util
 
 _MODEL = flags.DEFINE_string("model", None, "SavedModel directory.", required=True)
 _DATA = flags.DEFINE_string("data", None, "Glob of TFRecord files.", required=True)
@@ -46,21 +51,27 @@ _BATCH_SIZE = flags.DEFINE_integer("batch_size", 32, "Images per forward pass.")
 _LOG_EVERY = flags.DEFINE_integer("log_every", 10, "Progress log period, in batches.")
 
 
-def main(argv: list[str]) -> None:
+def main(argv: list[str]) -> int:
   del argv
-  count = embed.embed_dataset(
-    _MODEL.value,
-    _DATA.value,
-    _OUTPUT.value,
-    image_size=_IMAGE_SIZE.value,
-    batch_size=_BATCH_SIZE.value,
-    log_every=_LOG_EVERY.value,
-    central_crop_fraction=_CENTRAL_CROP_FRACTION.value,
-  )
+  try:
+    count = embed.embed_dataset(
+      _MODEL.value,
+      _DATA.value,
+      _OUTPUT.value,
+      image_size=_IMAGE_SIZE.value,
+      batch_size=_BATCH_SIZE.value,
+      log_every=_LOG_EVERY.value,
+      central_crop_fraction=_CENTRAL_CROP_FRACTION.value,
+    )
+  except UserError as e:
+    logging.error("%s: %s", type(e).__name__, e)
+    return cli_util.EXIT_USER_ERROR
   logging.info("Wrote %d embeddings to %s.", count, _OUTPUT.value)
+  return cli_util.EXIT_OK
 
 
 def run() -> None:
+  """Console-script entry point."""
   app.run(main)
 
 

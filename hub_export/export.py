@@ -33,11 +33,8 @@ import tensorflow as tf
 
 from hub_export import metadata as metadata_lib
 from hub_export import model_card
-
-FEATURE_MAP = "feature_map"
-EMBEDDING = "embedding"
-LOGITS = "logits"
-PROBABILITIES = "probabilities"
+from remedis_tf.models.outputs import EMBEDDING, FEATURE_MAP, LOGITS, PROBABILITIES
+from tfrecords_tools.schema import LABEL_MODES, LabelMode
 
 SERVING_SIGNATURE = "serving_default"
 TRAINING_SIGNATURE = "serving_training"
@@ -147,8 +144,8 @@ def build_export_object(
   with_classifier = bool(metadata.label_names)
   if with_classifier and LOGITS not in keys:
     raise ValueError("metadata.label_names is set but the model returns no 'logits'.")
-  if with_classifier and metadata.label_mode not in ("multiclass", "multilabel"):
-    raise ValueError(f"label_mode must be multiclass or multilabel, got {metadata.label_mode!r}")
+  if with_classifier and metadata.label_mode not in LABEL_MODES:
+    raise ValueError(f"label_mode must be one of {LABEL_MODES}, got {metadata.label_mode!r}")
 
   encoder = _encoder_part(model)
 
@@ -185,7 +182,8 @@ def build_export_object(
     TRAINING_SIGNATURE: serve_training.get_concrete_function(),
   }
   if with_classifier:
-    activation = tf.nn.softmax if metadata.label_mode == "multiclass" else tf.math.sigmoid
+    multi_class = metadata.label_mode == LabelMode.MULTI_CLASS
+    activation = tf.nn.softmax if multi_class else tf.math.sigmoid
 
     @tf.function(input_signature=[IMAGE_SPEC])
     def classify(images: tf.Tensor) -> dict[str, tf.Tensor]:

@@ -14,6 +14,9 @@ to --output_dir. Rerunning resumes: finished stages and runs are skipped.
 
 from __future__ import annotations
 
+from remedis_tf import cpu_setup  # noqa: F401  (oneDNN default, before TensorFlow)
+
+# isort: split
 from absl import app, flags, logging
 
 from remedis_tf.demo import study, study_config

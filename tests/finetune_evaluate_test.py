@@ -49,7 +49,7 @@ def test_finetune_from_each_start_and_evaluate(tmp_path):
     )
   )
   assert r1["initialized_from"].startswith("checkpoint:") and r1["final_step"] == 2
-  assert r1["label_mode"] == "multi_class" and r1["num_classes"] == 2
+  assert r1["label_mode"] == "multiclass" and r1["num_classes"] == 2
   assert pre["final_step"] == 1
 
   # 2. From a BiT .npz, multi-label with class weights and a frozen stem.
@@ -67,7 +67,7 @@ def test_finetune_from_each_start_and_evaluate(tmp_path):
       **TINY,
     )
   )
-  assert r2["initialized_from"].startswith("bit_npz:") and r2["label_mode"] == "multi_label"
+  assert r2["initialized_from"].startswith("bit_npz:") and r2["label_mode"] == "multilabel"
   assert np.isfinite(r2["metrics"]["loss"])
 
   # 3. From a hub SavedModel, linear evaluation.

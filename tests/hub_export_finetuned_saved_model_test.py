@@ -163,7 +163,7 @@ def test_restore_needs_the_source_saved_model(finetuned, keras_model, images, tm
   source, model_dir = finetuned
   moved = str(tmp_path / "moved")
   shutil.copytree(model_dir, moved)
-  config_path = os.path.join(moved, export_main.CONFIG_FILENAME)
+  config_path = os.path.join(moved, "config.json")
   with open(config_path) as f:
     config = json.load(f)
   gone = str(tmp_path / "gone")

@@ -215,15 +215,6 @@ def test_multi_label_size_from_manifest(tmp_path):
   assert next(iter(ds))[1].numpy().tolist() == [[1.0, 0.0]]
 
 
-def test_read_manifest_is_defensive(tmp_path):
-  assert read_manifest(str(tmp_path / "*.tfrecord")) is None
-  (tmp_path / "manifest.json").write_text("{not json")
-  assert read_manifest(str(tmp_path / "*.tfrecord")) is None
-  (tmp_path / "manifest.json").write_text('{"label_mode": "multi_class"}')
-  assert read_manifest([str(tmp_path / "x.tfrecord")]) == {"label_mode": "multi_class"}
-  assert read_manifest(str(tmp_path)) == {"label_mode": "multi_class"}
-
-
 def test_split_and_site_filters(tmp_path):
   _tiny_shards(tmp_path, 2, 6)
   ds = make_supervised_dataset(

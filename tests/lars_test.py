@@ -6,7 +6,8 @@ import pytest
 import tensorflow as tf
 import two_replicas
 
-from remedis_tf.optim import LARS, WarmupCosine, norm_and_bias_variables
+from remedis_tf.models import norm_and_bias_variables
+from remedis_tf.optim import LARS, WarmupCosine
 
 LR, MU, WD, EETA = 0.5, 0.9, 1e-2, 1e-3
 
@@ -30,9 +31,7 @@ def _numpy_lars(weights, grads_per_step, lrs, use_decay, use_adapt, nesterov=Fal
 
 
 class _Tagged(keras.layers.Layer):
-  """A custom normalisation layer identified by tag, nested in a custom block."""
-
-  is_normalization_layer = True
+  """A custom normalisation layer (named by type in extra_norm_types), nested in a custom block."""
 
   def build(self, input_shape):
     self.gamma = self.add_weight(shape=(input_shape[-1],), initializer="ones", name="gamma")
@@ -77,7 +76,7 @@ def _grads(model, steps, seed=1):
 def test_selects_norm_and_bias_variables_by_role():
   model = _model()
   dense, bn, block = model.layers[1], model.layers[2], model.layers[3]
-  selected = norm_and_bias_variables(model)
+  selected = norm_and_bias_variables(model, extra_norm_types=(_Tagged,))
   expected = [dense.bias, *bn.weights, block.dense.bias, block.norm.gamma]
   assert {id(v) for v in selected} == {id(v) for v in expected}
   assert len(selected) == len(expected)
@@ -89,7 +88,7 @@ def test_selects_norm_and_bias_variables_by_role():
 def test_steps_match_numpy(exclude, nesterov):
   model = _model()
   variables = model.trainable_variables
-  excluded = norm_and_bias_variables(model) if exclude else None
+  excluded = norm_and_bias_variables(model, extra_norm_types=(_Tagged,)) if exclude else None
   opt = LARS(
     LR,
     momentum=MU,
@@ -139,7 +138,7 @@ def test_separate_adaptation_exclusion_and_predicate():
 def test_jit_compile_matches_numpy():
   model = _model()
   variables = model.trainable_variables
-  excluded = norm_and_bias_variables(model)
+  excluded = norm_and_bias_variables(model, extra_norm_types=(_Tagged,))
   opt = LARS(LR, momentum=MU, weight_decay=WD, eeta=EETA, exclude_from_weight_decay=excluded)
   opt.build(variables)  # slots must exist before the XLA-compiled step
   start = [v.numpy() for v in variables]
@@ -169,7 +168,7 @@ def test_schedule_and_two_replicas():
       momentum=MU,
       weight_decay=WD,
       eeta=EETA,
-      exclude_from_weight_decay=norm_and_bias_variables(model),
+      exclude_from_weight_decay=norm_and_bias_variables(model, extra_norm_types=(_Tagged,)),
     )
     # Keras optimizers must be built before their first distributed step.
     opt.build(variables)
@@ -188,7 +187,7 @@ def test_schedule_and_two_replicas():
       lambda ctx, s=s: [tf.constant(x) for x in grads[ctx.replica_id_in_sync_group][s]]
     )
     step(per_replica)
-  excluded = {id(v) for v in norm_and_bias_variables(model)}
+  excluded = {id(v) for v in norm_and_bias_variables(model, extra_norm_types=(_Tagged,))}
   flags = [id(v) not in excluded for v in variables]
   summed = [
     [a + b for a, b in zip(g0, g1, strict=True)] for g0, g1 in zip(grads[0], grads[1], strict=True)

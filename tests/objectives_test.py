@@ -85,7 +85,9 @@ def test_two_replicas_equal_one(name):
   strategy = two_replicas.strategy()
   encoder, objective = _build(name, strategy)
   v1, v2 = _views()
-  single, single_metrics = objective.compute_loss(encoder, tf.constant(v1), tf.constant(v2), True)
+  single, single_metrics, _ = objective.compute_loss(
+    encoder, tf.constant(v1), tf.constant(v2), True
+  )
   n = len(v1) // 2
   split = lambda x: strategy.experimental_distribute_values_from_function(
     lambda c: tf.constant(x[c.replica_id_in_sync_group * n : (c.replica_id_in_sync_group + 1) * n])
@@ -93,7 +95,7 @@ def test_two_replicas_equal_one(name):
 
   @tf.function
   def run(a, b):
-    return strategy.run(lambda a, b: objective.compute_loss(encoder, a, b, True), args=(a, b))
+    return strategy.run(lambda a, b: objective.compute_loss(encoder, a, b, True)[:2], args=(a, b))
 
   loss, metrics = run(split(v1), split(v2))
   total = sum(x.numpy() for x in strategy.experimental_local_results(loss))
@@ -114,7 +116,7 @@ def _train_step(objective, encoder, optimizer, strategy):
   def step(a, b):
     def fn(a, b):
       with tf.GradientTape() as tape:
-        loss, metrics = objective.compute_loss(encoder, a, b, True)
+        loss, metrics, _ = objective.compute_loss(encoder, a, b, True)
       optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables, strict=True))
       objective.after_step()
       return metrics

@@ -14,7 +14,8 @@ import tensorflow as tf
 from remedis_tf import objectives
 from remedis_tf.models import build_bit_encoder
 from remedis_tf.models.group_norm import GroupNorm
-from remedis_tf.optim import LARS, WarmupCosine, norm_and_bias_variables
+from remedis_tf.models import norm_and_bias_variables
+from remedis_tf.optim import LARS, WarmupCosine
 
 BATCH = 8
 STEPS = 6
@@ -58,7 +59,7 @@ def test_pretraining_lowers_loss(name):
   @tf.function
   def train_step(a, b):
     with tf.GradientTape() as tape:
-      loss, _ = objective.compute_loss(encoder, a, b, True)
+      loss = objective.compute_loss(encoder, a, b, True).loss
     optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables, strict=True))
     objective.after_step()
     return loss

@@ -23,7 +23,7 @@ def test_weight_decay_spares_norm_and_bias(name):
   before = [v.numpy().copy() for v in variables]
   # Zero gradients: only weight decay can move a variable.
   opt.apply_gradients([(tf.zeros_like(v), v) for v in variables])
-  excluded = {id(v) for v in optim.norm_and_bias_variables(encoder)}
+  excluded = {id(v) for v in models.norm_and_bias_variables(encoder)}
   assert excluded, "the encoder has norm parameters"
   for v, b in zip(variables, before, strict=True):
     moved = not np.allclose(v.numpy(), b)

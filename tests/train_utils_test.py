@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from remedis_tf.train import checkpointing, distribute, finetune, precision, progress
+from remedis_tf.train import checkpointing, distribute, finetune, precision, progress, run_dir
 from remedis_tf.train.preemption import PreemptionWatcher
 
 
@@ -41,17 +41,18 @@ def test_per_replica_batch_and_chief_dirs():
 
 def test_config_json_compatibility_and_checkpoint_errors(tmp_path):
   d = str(tmp_path)
-  checkpointing.write_config_json(d, {"encoder": "bit-tiny", "image_size": 32})
-  assert checkpointing.read_config_json(d) == {"encoder": "bit-tiny", "image_size": 32}
-  checkpointing.check_compatible(d, {"encoder": "bit-tiny", "image_size": 32}, ["encoder"])
+  run = run_dir.RunConfig(task="pretrain", encoder="bit-tiny", image_size=32)
+  run_dir.write_run_config(d, run)
+  assert run_dir.read_run_config(d) == run
+  run_dir.check_compatible(d, run, ["encoder"])
   with pytest.raises(checkpointing.CheckpointError, match="bit-r50x1"):
-    checkpointing.check_compatible(d, {"encoder": "bit-r50x1"}, ["encoder"])
+    run_dir.check_compatible(d, run_dir.RunConfig("pretrain", "bit-r50x1", 32), ["encoder"])
   with pytest.raises(checkpointing.CheckpointError, match="No checkpoint"):
-    checkpointing.resolve_checkpoint_path(d)
+    run_dir.resolve_checkpoint(d)
   v = tf.Variable(np.ones((2, 3), np.float32))
   manager = checkpointing.Checkpointer(tf.train.Checkpoint(v=v), d, d)
   path = manager.save(7)
-  assert checkpointing.resolve_checkpoint_path(d) == path
+  assert run_dir.resolve_checkpoint(d) == (path, d)
   w = tf.Variable(np.zeros((2, 3), np.float32))
   checkpointing.restore(tf.train.Checkpoint(v=w), path)
   np.testing.assert_array_equal(w.numpy(), v.numpy())

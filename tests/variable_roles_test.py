@@ -25,8 +25,12 @@ def test_bit_roles_by_layer_type():
   assert roles[head.bias.path] == "bias" and roles[head.kernel.path] == "kernel"
   gn = model.get_layer("block2").unit_layers[1].b_group_norm
   assert roles[gn.gamma.path] == roles[gn.beta.path] == "norm"
-  assert models.is_norm_or_bias(gn.beta, model)
-  assert not models.is_norm_or_bias(model.get_layer("root_block").standardized_conv2d.kernel, model)
+  selected = {id(v) for v in models.norm_and_bias_variables(model)}
+  assert id(gn.beta) in selected
+  assert id(model.get_layer("root_block").standardized_conv2d.kernel) not in selected
+  # The two selections partition the weights.
+  kernels = {id(v) for v in models.kernel_variables(model)}
+  assert not selected & kernels and len(selected) + len(kernels) == len(model.weights)
 
 
 def test_roles_in_generic_keras_model_with_nested_encoder():

@@ -22,6 +22,7 @@ patient, study and SOP instance ids are stored, never the raw values.
 
 from __future__ import annotations
 
+import enum
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # TensorFlow is imported lazily so that the key constants
@@ -171,27 +172,36 @@ def decode_image(encoded: tf.Tensor, channels: int = 0) -> tf.Tensor:
   return tf.cast(image, tf.float32) / 65535.0
 
 
-LABEL_MODES = ("multi_class", "multi_label")
-_LABEL_MODE_ALIASES = {
-  "multiclass": "multi_class",
-  "multi_class": "multi_class",
-  "multi-class": "multi_class",
-  "multilabel": "multi_label",
-  "multi_label": "multi_label",
-  "multi-label": "multi_label",
-}
+class LabelMode(enum.StrEnum):
+  """How a record's labels are read: one class (softmax) or K independent labels (sigmoid).
 
-
-def normalize_label_mode(mode: str) -> str:
-  """Maps any spelling of a label mode to 'multi_class' or 'multi_label'.
-
-  The converter's manifest writes 'multiclass'/'multilabel' (its CLI flag
-  values); readers use 'multi_class'/'multi_label'.
-
-  Raises:
-    ValueError: for an unknown mode.
+  The values are what the converter writes to manifest.json and what
+  config.json, export metadata and the CLIs use. `LabelMode.parse` accepts the
+  older spellings ('multi_class', 'multi-label', ...) found in existing files.
   """
-  try:
-    return _LABEL_MODE_ALIASES[str(mode).strip().lower()]
-  except KeyError:
-    raise ValueError(f"label_mode must be one of {LABEL_MODES}, got {mode!r}") from None
+
+  MULTI_CLASS = "multiclass"
+  MULTI_LABEL = "multilabel"
+
+  @classmethod
+  def parse(cls, mode: str | LabelMode) -> LabelMode:
+    """Any spelling of a label mode as a LabelMode.
+
+    Raises:
+      ValueError: an unknown mode (the message lists the accepted values).
+    """
+    key = str(mode).strip().lower().replace("_", "").replace("-", "")
+    for member in cls:
+      if member.value == key:
+        return member
+    raise ValueError(f"label_mode must be one of {LABEL_MODES}, got {mode!r}.")
+
+
+LABEL_MODES = tuple(m.value for m in LabelMode)
+
+
+def normalize_label_mode(mode: str | LabelMode) -> str:
+  """TRANSITIONAL: the readers' old spelling ('multi_class'/'multi_label') of any mode."""
+  return {LabelMode.MULTI_CLASS: "multi_class", LabelMode.MULTI_LABEL: "multi_label"}[
+    LabelMode.parse(mode)
+  ]

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 import tensorflow as tf
 
 from remedis_tf.data import seeds
+from remedis_tf.errors import ConfigError
 
 
 def crop_and_resize(
@@ -127,6 +128,52 @@ def center_crop(
   side = tf.maximum(side, 1)
   offset = tf.stack([(h - side + 1) // 2, (w - side + 1) // 2])
   return crop_and_resize(image, offset, tf.stack([side, side]), size, method, antialias)
+
+
+def check_fraction(fraction: float) -> float:
+  """`fraction` as a float.
+
+  Raises:
+    ConfigError: `fraction` is not in (0, 1] (NaN included).
+  """
+  fraction = float(fraction)
+  if not 0.0 < fraction <= 1.0:
+    raise ConfigError(f"central_crop_fraction must be in (0, 1], got {fraction}.")
+  return fraction
+
+
+def central_box(image: tf.Tensor, fraction: float) -> tf.Tensor:
+  """The central box of `fraction` times each side (the aspect ratio is kept).
+
+  Unlike `center_crop` (a square of the shorter side), each side is cut by
+  the same fraction: along an axis of n pixels the box has max(1, round(f * n))
+  pixels (round half to even) and starts at (n - side + 1) // 2.
+
+  Args:
+    image: (H, W, C).
+    fraction: in (0, 1]; 1 returns `image` itself.
+
+  Returns:
+    (h, w, C) with h = max(1, round(fraction * H)), likewise w.
+  """
+  fraction = check_fraction(fraction)
+  if fraction == 1.0:
+    return image
+  hw = tf.shape(image)[:2]
+  side = tf.maximum(tf.cast(tf.round(fraction * tf.cast(hw, tf.float64)), tf.int32), 1)
+  offset = (hw - side + 1) // 2
+  return image[offset[0] : offset[0] + side[0], offset[1] : offset[1] + side[1]]
+
+
+def resize_whole(image: tf.Tensor, size: int) -> tf.Tensor:
+  """(H, W, C) -> (size, size, C): bilinear without antialiasing; as is when already that size."""
+  channels = image.shape[-1]
+  same = tf.reduce_all(tf.shape(image)[:2] == size)
+  return tf.cond(
+    same,
+    lambda: tf.reshape(image, [size, size, channels]),
+    lambda: tf.image.resize(image, [size, size], method="bilinear"),
+  )
 
 
 def random_flip(image: tf.Tensor, seed: tf.Tensor, axis: int, prob: float = 0.5) -> tf.Tensor:

@@ -7,6 +7,9 @@ r"""Writes a PNG grid of augmented views (remedis-augment-grid).
 
 from __future__ import annotations
 
+from remedis_tf import cpu_setup  # noqa: F401  (oneDNN default, before TensorFlow)
+
+# isort: split
 from absl import app, flags, logging
 
 from remedis_tf.data.presets import parse_overrides

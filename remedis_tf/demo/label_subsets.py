@@ -18,6 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from remedis_tf.data import input_pipeline
+from remedis_tf.data.patients import patient_key
 from tfrecords_tools import schema
 
 
@@ -59,11 +60,10 @@ def read_index(files: str | Sequence[str], num_labels: int) -> ImageIndex:
   spec = {k: spec[k] for k in keys}
   patients, labels = [], []
   dataset = tf.data.TFRecordDataset(input_pipeline.list_files(files))
-  for batch in dataset.map(lambda s: tf.io.parse_example(s, spec)).batch(512).as_numpy_iterator():
-    pid = batch[schema.PATIENT_ID_HASH]
-    pid = np.where(pid == b"", batch[schema.IMAGE_SOURCE_ID], pid)
-    patients.append(pid.astype(str))
-    labels.append(batch[schema.MULTI_LABEL])
+  for batch in dataset.map(lambda s: tf.io.parse_example(s, spec)).batch(512):
+    pid = patient_key(batch[schema.PATIENT_ID_HASH], batch[schema.IMAGE_SOURCE_ID])
+    patients.append(pid.numpy().astype(str))
+    labels.append(batch[schema.MULTI_LABEL].numpy())
   return ImageIndex(np.concatenate(patients), np.concatenate(labels).astype(np.float32))
 
 

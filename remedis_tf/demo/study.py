@@ -33,7 +33,7 @@ from remedis_tf import models
 from remedis_tf.demo import label_subsets, study_report, synthetic_archive
 from remedis_tf.demo.stage_markers import StageRunner, read_json, write_json_atomic
 from remedis_tf.demo.study_config import FINDINGS, METHODS, SITES, STAGES, StudyConfig
-from remedis_tf.train import evaluate, finetune, pretrain
+from remedis_tf.train import evaluate, finetune, pretrain, run_dir, trainer
 
 _SALT = "remedis-demo-synthetic"  # Hashes ids of synthetic data only; not a secret.
 
@@ -120,9 +120,9 @@ def stage_convert(config: StudyConfig, paths: Paths) -> dict[str, Any]:
 
 def stage_init(config: StudyConfig, paths: Paths) -> dict[str, Any]:
   """Saves the initial encoder that both methods start from."""
-  pretrain.seed_initializers(config.seed)
+  trainer.seed_initializers(config.seed)
   encoder = models.build_encoder_by_name(config.encoder)
-  described = pretrain.initialize_encoder(encoder, config.bit_checkpoint)
+  described = run_dir.initialize_encoder(encoder, config.bit_checkpoint)
   if described == "random":
     described = f"random (seed {config.seed}; no --bit_checkpoint given)"
   os.makedirs(os.path.dirname(paths.init), exist_ok=True)
@@ -351,11 +351,9 @@ def stage_finetune_site_b(config: StudyConfig, paths: Paths, runner: StageRunner
 def stage_export(config: StudyConfig, paths: Paths, init_description: str) -> dict[str, Any]:
   """Exports the SimCLR-pretrained (REMEDIS) encoder as a TF-Hub SavedModel."""
   import hub_export  # noqa: PLC0415 - only this stage needs it
-  from remedis_tf.train import checkpointing  # noqa: PLC0415
 
-  encoder = models.build_encoder_by_name(config.encoder)
-  prefix = checkpointing.resolve_checkpoint_path(paths.pretrain)
-  checkpointing.restore(tf.train.Checkpoint(encoder=encoder), prefix, partial=True)
+  restored = run_dir.restore_model(paths.pretrain)
+  encoder, prefix = restored.encoder, restored.checkpoint
   feature_dim = int(encoder.output["feature_map"].shape[-1])
   metadata = hub_export.metadata_for(
     "remedis-demo-synthetic-cxr",

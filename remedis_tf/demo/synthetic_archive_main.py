@@ -7,6 +7,9 @@ Example:
 
 from __future__ import annotations
 
+from remedis_tf import cpu_setup  # noqa: F401  (oneDNN default, before TensorFlow)
+
+# isort: split
 import json
 
 from absl import app, flags, logging

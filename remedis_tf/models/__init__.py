@@ -1,4 +1,4 @@
-"""Encoders for REMEDIS: BiT ResNetV2 and its official `.npz` checkpoint format.
+"""Encoders for REMEDIS: BiT ResNetV2 (and its official `.npz` checkpoints) and SavedModels.
 
 `remedis_tf.models.heads` (projection heads) is a separate module and is not
 imported here.
@@ -16,7 +16,12 @@ from remedis_tf.models.bit_resnet import (
   build_encoder_by_name,
   parse_encoder_name,
 )
-from remedis_tf.models.variable_roles import is_norm_or_bias, variable_roles
+from remedis_tf.models.saved_model_encoder import SavedModelEncoder, load_encoder
+from remedis_tf.models.variable_roles import (
+  kernel_variables,
+  norm_and_bias_variables,
+  variable_roles,
+)
 
 __all__ = [
   "BLOCK_UNITS",
@@ -24,7 +29,10 @@ __all__ = [
   "LoadReport",
   "build_bit_encoder",
   "build_encoder_by_name",
-  "is_norm_or_bias",
+  "kernel_variables",
+  "load_encoder",
+  "norm_and_bias_variables",
+  "SavedModelEncoder",
   "load_bit_checkpoint",
   "parse_encoder_name",
   "save_bit_checkpoint",

@@ -31,6 +31,7 @@ from collections.abc import Iterator
 import keras
 import numpy as np
 
+from remedis_tf.errors import UserError
 from remedis_tf.models.group_norm import GroupNorm
 from remedis_tf.models.weight_standardization import StandardizedConv2D
 
@@ -38,7 +39,7 @@ PREFIX = "resnet/"
 HEAD_PREFIX = PREFIX + "head/"
 
 
-class BitCheckpointError(ValueError):
+class BitCheckpointError(UserError, ValueError):
   """A checkpoint does not match the model; the message names the keys."""
 
 

@@ -36,6 +36,7 @@ import keras
 from keras import ops
 
 from remedis_tf.models.group_norm import GroupNorm
+from remedis_tf.models.outputs import EMBEDDING, FEATURE_MAP, LOGITS
 from remedis_tf.models.weight_standardization import StandardizedConv2D
 
 # Units per block for the published depths.
@@ -273,17 +274,17 @@ def build_bit_encoder(
   x = GroupNorm(name="group_norm")(x)
   x = keras.layers.ReLU(name="relu")(x)
   outputs = {
-    "feature_map": keras.layers.Activation("linear", dtype="float32", name="feature_map")(x),
-    "embedding": keras.layers.GlobalAveragePooling2D(dtype="float32", name="embedding")(x),
+    FEATURE_MAP: keras.layers.Activation("linear", dtype="float32", name=FEATURE_MAP)(x),
+    EMBEDDING: keras.layers.GlobalAveragePooling2D(dtype="float32", name=EMBEDDING)(x),
   }
   if num_classes:
-    outputs["logits"] = keras.layers.Dense(
+    outputs[LOGITS] = keras.layers.Dense(
       num_classes,
       kernel_initializer="zeros",
       bias_initializer="zeros",
       dtype="float32",
       name="head",
-    )(outputs["embedding"])
+    )(outputs[EMBEDDING])
   return keras.Model(images, outputs, name=name or default_name)
 
 

@@ -23,9 +23,6 @@ BIT_EPSILON = 1e-5
 class GroupNorm(keras.layers.Layer):
   """Group normalization over NHWC inputs with learnable per-channel gamma/beta."""
 
-  # Role tag read by remedis_tf.optim (LARS excludes norm parameters by role).
-  is_normalization_layer = True
-
   def __init__(self, groups: int = BIT_GROUPS, epsilon: float = BIT_EPSILON, **kwargs: Any) -> None:
     kwargs.setdefault("autocast", False)
     super().__init__(**kwargs)

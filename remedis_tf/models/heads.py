@@ -17,8 +17,7 @@ from __future__ import annotations
 
 import keras
 
-PROJECTION = "projection"
-FINETUNE_FEATURES = "finetune_features"
+from remedis_tf.models.outputs import FINETUNE_FEATURES, PROJECTION
 
 BATCH_NORM_MOMENTUM = 0.9
 BATCH_NORM_EPSILON = 1e-5

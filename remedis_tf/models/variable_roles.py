@@ -1,11 +1,14 @@
 """Roles of model variables for optimizers: 'norm', 'bias' or 'kernel'.
 
-Optimizers such as LARS exclude normalization parameters and biases from weight
-decay and trust-ratio scaling. The role is decided by the type of the layer
-that owns the variable, never by a name substring:
+Optimizers such as LARS, and weight decay in general, leave normalization
+parameters and biases alone. This module is the one place that decides which
+variables those are, by the type of the layer that owns them, never by a name
+substring:
 
-* 'norm'   - any variable of a normalization layer (GroupNorm, Keras
-             GroupNormalization / BatchNormalization / LayerNormalization);
+* 'norm'   - any variable of a normalization layer (an instance of
+             NORM_LAYER_TYPES: our GroupNorm, Keras GroupNormalization /
+             BatchNormalization / LayerNormalization / UnitNormalization, or
+             of `extra_norm_types` given by the caller);
 * 'bias'   - the `bias` variable of any other layer (e.g. Dense, Conv);
 * 'kernel' - everything else (conv / dense kernels).
 
@@ -27,7 +30,9 @@ NORM_LAYER_TYPES: tuple[type, ...] = (
   keras.layers.GroupNormalization,
   keras.layers.BatchNormalization,
   keras.layers.LayerNormalization,
+  keras.layers.UnitNormalization,
 )
+NORM, BIAS, KERNEL = "norm", "bias", "kernel"
 
 
 def _children(layer: keras.layers.Layer) -> Iterator[keras.layers.Layer]:
@@ -51,41 +56,60 @@ def _walk(layer: keras.layers.Layer, seen: set[int]) -> Iterator[keras.layers.La
     yield from _walk(child, seen)
 
 
-def variable_roles(model: keras.layers.Layer) -> dict[str, str]:
+def _roles_by_id(
+  models: tuple[keras.layers.Layer, ...], extra_norm_types: tuple[type, ...]
+) -> dict[int, tuple[keras.Variable, str]]:
+  """id(variable) -> (variable, role) over all `models`, in traversal order."""
+  norm_types = NORM_LAYER_TYPES + tuple(extra_norm_types)
+  seen: set[int] = set()
+  layers = [layer for model in models for layer in _walk(model, seen)]
+  roles: dict[int, tuple[keras.Variable, str]] = {}
+  for layer in layers:
+    if isinstance(layer, norm_types):
+      roles.update((id(v), (v, NORM)) for v in layer.weights)
+  for layer in layers:
+    bias = getattr(layer, "bias", None)
+    if isinstance(bias, keras.Variable):
+      roles.setdefault(id(bias), (bias, BIAS))
+  for model in models:
+    for v in model.weights:
+      roles.setdefault(id(v), (v, KERNEL))
+  return roles
+
+
+def variable_roles(
+  model: keras.layers.Layer, extra_norm_types: tuple[type, ...] = ()
+) -> dict[str, str]:
   """Classifies every variable of `model` by the type of the layer owning it.
 
   Args:
     model: any Keras model or layer (built).
+    extra_norm_types: more layer classes to treat as normalization layers.
 
   Returns:
     Dict from `variable.path` to 'norm', 'bias' or 'kernel'. Covers all of
     `model.weights` (trainable and not).
   """
-  roles: dict[str, str] = {}
-  layers = list(_walk(model, set()))
-  for layer in layers:
-    if isinstance(layer, NORM_LAYER_TYPES):
-      roles.update((variable.path, "norm") for variable in layer.weights)
-  for layer in layers:
-    bias = getattr(layer, "bias", None)
-    if isinstance(bias, keras.Variable):
-      roles.setdefault(bias.path, "bias")
-  for variable in model.weights:
-    roles.setdefault(variable.path, "kernel")
-  return roles
+  return {v.path: role for v, role in _roles_by_id((model,), extra_norm_types).values()}
 
 
-def is_norm_or_bias(variable: keras.Variable, model: keras.layers.Layer) -> bool:
-  """True if `variable` belongs to a normalization layer or is a layer's bias.
+def norm_and_bias_variables(
+  *models: keras.layers.Layer, extra_norm_types: tuple[type, ...] = ()
+) -> list[keras.Variable]:
+  """The variables of role 'norm' or 'bias' in `models`, each once, in traversal order.
 
-  Walks the model on every call; for many variables call `variable_roles`
-  once and look paths up instead.
+  What LARS excludes from weight decay and trust-ratio scaling, and what
+  weight decay leaves alone in fine-tuning.
 
   Args:
-    variable: a variable of `model`.
-    model: the model (or layer) owning it.
-
-  Returns:
-    Whether the variable should be excluded from weight decay.
+    *models: Keras models or layers (built); nested layers are visited.
+    extra_norm_types: more layer classes to treat as normalization layers.
   """
-  return variable_roles(model).get(variable.path) in ("norm", "bias")
+  return [v for v, role in _roles_by_id(models, extra_norm_types).values() if role != KERNEL]
+
+
+def kernel_variables(
+  *models: keras.layers.Layer, extra_norm_types: tuple[type, ...] = ()
+) -> list[keras.Variable]:
+  """The variables of role 'kernel' in `models` (conv and dense kernels), each once."""
+  return [v for v, role in _roles_by_id(models, extra_norm_types).values() if role == KERNEL]

@@ -10,7 +10,7 @@ import dataclasses
 from typing import Any
 
 from remedis_tf.objectives.barlow_twins import BarlowTwins, BarlowTwinsConfig, barlow_twins_loss
-from remedis_tf.objectives.base import Objective
+from remedis_tf.objectives.base import LossOutput, Objective
 from remedis_tf.objectives.byol import BYOL, BYOLConfig, byol_loss
 from remedis_tf.objectives.moco import MoCoV2, MoCoV2Config, moco_loss
 from remedis_tf.objectives.nt_xent import nt_xent_loss
@@ -57,6 +57,7 @@ __all__ = [
   "BarlowTwinsConfig",
   "MoCoV2",
   "MoCoV2Config",
+  "LossOutput",
   "Objective",
   "ReLIC",
   "ReLICConfig",

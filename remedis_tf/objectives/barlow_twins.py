@@ -10,6 +10,7 @@ import tensorflow as tf
 from remedis_tf.models import heads
 from remedis_tf.objectives.base import (
   EncoderFactory,
+  LossOutput,
   ProjectionHeadObjective,
   resolve_replica_context,
 )
@@ -116,8 +117,8 @@ class BarlowTwins(ProjectionHeadObjective):
     view1: tf.Tensor,
     view2: tf.Tensor,
     training: bool,
-  ) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
+  ) -> LossOutput:
     """See `Objective.compute_loss`; metrics: loss."""
-    z1, z2 = self.project_views(encoder, view1, view2, training)
+    z1, z2, h1 = self.project_views(encoder, view1, view2, training)
     loss_r, loss = barlow_twins_loss(z1, z2, self.config.lambda_offdiag)
-    return loss_r, {"loss": tf.stop_gradient(loss)}
+    return LossOutput(loss_r, {"loss": tf.stop_gradient(loss)}, h1)

@@ -21,7 +21,7 @@ Life cycle, as the training loop drives it::
   def train_step(view1, view2):           # per-replica batches
     def step_fn(v1, v2):
       with tf.GradientTape() as tape:
-        loss, metrics = objective.compute_loss(encoder, v1, v2, training=True)
+        loss, metrics, _ = objective.compute_loss(encoder, v1, v2, training=True)
       grads = tape.gradient(loss, variables)
       opt.apply_gradients(zip(grads, variables))  # Keras all-reduces with SUM
       objective.after_step()
@@ -48,6 +48,11 @@ scale it as usual.
 `after_step` must be called in the same replica function (same `strategy.run`
 call) as the `compute_loss` of that step: MoCo enqueues the keys it computed.
 
+Output: `compute_loss` returns a `LossOutput(loss, metrics, embedding)`;
+`embedding` is the online encoder's embedding of view 1 (n, C), computed
+anyway by every objective, so a caller can train a linear probe on it
+(under `tf.stop_gradient`) without a second encoder pass.
+
 Metrics convention: `metrics` maps names to float32 scalars that are already
 averaged over the global batch (identical on every replica), so reducing them
 with `ReduceOp.MEAN` (or reading any replica) is correct. Every objective
@@ -57,14 +62,31 @@ reports `metrics["loss"]`, the unscaled global loss.
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
+from typing import NamedTuple
 
 import keras
 import tensorflow as tf
 
-from remedis_tf.models import heads
+from remedis_tf.models.outputs import EMBEDDING, PROJECTION
 
 EncoderFactory = Callable[[], keras.Model]
+
+
+class LossOutput(NamedTuple):
+  """What `Objective.compute_loss` returns.
+
+  Attributes:
+    loss: float32 scalar, this replica's share of the global loss (see the
+      module's loss convention).
+    metrics: float32 scalars already averaged over the global batch.
+    embedding: (n, C) the online encoder's embedding of view 1 of the local
+      batch, with its gradient path (callers that only read it stop it).
+  """
+
+  loss: tf.Tensor
+  metrics: dict[str, tf.Tensor]
+  embedding: tf.Tensor
 
 
 class Objective(abc.ABC):
@@ -142,7 +164,7 @@ class Objective(abc.ABC):
     view1: tf.Tensor,
     view2: tf.Tensor,
     training: bool,
-  ) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
+  ) -> LossOutput:
     """The per-replica loss on two views of the local batch (replica context).
 
     Args:
@@ -152,9 +174,10 @@ class Objective(abc.ABC):
       training: passed to every network call (BatchNorm mode etc.).
 
     Returns:
-      (loss_r, metrics): loss_r a float32 scalar following the module's loss
-      convention (sum over replicas = global loss); metrics a dict of float32
-      scalars already averaged over the global batch.
+      LossOutput(loss_r, metrics, embedding): loss_r a float32 scalar
+      following the module's loss convention (sum over replicas = global
+      loss); metrics a dict of float32 scalars already averaged over the
+      global batch; embedding the encoder's (n, C) embedding of `view1`.
     """
 
   def after_step(self) -> None:
@@ -191,7 +214,7 @@ class ProjectionHeadObjective(Objective):
 
   def project_views(
     self, encoder: keras.Model, view1: tf.Tensor, view2: tf.Tensor, training: bool
-  ) -> tuple[tf.Tensor, tf.Tensor]:
+  ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
     """Projections (n, d) of both views, computed in one encoder/head call.
 
     Args:
@@ -201,21 +224,14 @@ class ProjectionHeadObjective(Objective):
       training: passed to the encoder and head.
 
     Returns:
-      (z1, z2), each (n, d): the head's `projection` output for each view.
+      (z1, z2, h1): z1, z2 (n, d) the head's `projection` output for each
+      view; h1 (n, C) the encoder embedding of view 1.
     """
     x = tf.concat([view1, view2], axis=0)
-    h = encoder(x, training=training)["embedding"]
-    z = self.head(h, training=training)[heads.PROJECTION]
+    h = encoder(x, training=training)[EMBEDDING]
+    z = self.head(h, training=training)[PROJECTION]
     z1, z2 = tf.split(z, 2, axis=0)
-    return z1, z2
-
-
-def num_replicas(replica_context: tf.distribute.ReplicaContext | None = None) -> int:
-  """Number of replicas in sync for `replica_context` (default: the current one)."""
-  ctx = replica_context or tf.distribute.get_replica_context()
-  if ctx is None:
-    raise ValueError("Objectives must be called in a replica context (inside strategy.run).")
-  return ctx.num_replicas_in_sync
+    return z1, z2, h[: tf.shape(view1)[0]]
 
 
 def resolve_replica_context(
@@ -264,13 +280,3 @@ def assign_in_replica_context(pairs: list[tuple[tf.Variable, tf.Tensor]]) -> Non
       strategy.extended.update(var, lambda v, x: v.assign(x), args=(value,), group=False)
 
   tf.distribute.get_replica_context().merge_call(merge_fn, args=([value for _, value in pairs],))
-
-
-def mean_metrics(
-  metrics: Mapping[str, tf.Tensor], replica_context: tf.distribute.ReplicaContext
-) -> dict[str, tf.Tensor]:
-  """Averages per-replica float32 metric scalars over replicas."""
-  names = sorted(metrics)
-  values = [tf.cast(metrics[k], tf.float32) for k in names]
-  reduced = replica_context.all_reduce(tf.distribute.ReduceOp.MEAN, values)
-  return dict(zip(names, reduced, strict=True))

@@ -9,9 +9,11 @@ import keras
 import tensorflow as tf
 
 from remedis_tf.models import heads
+from remedis_tf.models.outputs import EMBEDDING
 from remedis_tf.objectives import target_network
 from remedis_tf.objectives.base import (
   EncoderFactory,
+  LossOutput,
   Objective,
   assign_in_replica_context,
   resolve_replica_context,
@@ -124,14 +126,15 @@ class BYOL(Objective):
     view1: tf.Tensor,
     view2: tf.Tensor,
     training: bool,
-  ) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
+  ) -> LossOutput:
     """See `Objective.compute_loss`; metrics: loss, target_momentum."""
     ctx = resolve_replica_context(None)
     x = tf.concat([view1, view2], axis=0)
-    z = self.projector(encoder(x, training=training)["embedding"], training=training)
+    h = encoder(x, training=training)[EMBEDDING]
+    z = self.projector(h, training=training)
     p = self.predictor(z[heads.PROJECTION], training=training)[heads.PROJECTION]
     t = self.target_projector(
-      self.target_encoder(x, training=training)["embedding"], training=training
+      self.target_encoder(x, training=training)[EMBEDDING], training=training
     )
     t = tf.stop_gradient(t[heads.PROJECTION])
     p1, p2 = tf.split(p, 2, axis=0)
@@ -139,7 +142,11 @@ class BYOL(Objective):
     loss = byol_loss(p1, p2, t1, t2)
     global_loss = ctx.all_reduce(tf.distribute.ReduceOp.MEAN, tf.stop_gradient(loss))
     tau = byol_momentum(self.config.base_momentum, self.step, self.config.total_steps)
-    return loss / ctx.num_replicas_in_sync, {"loss": global_loss, "target_momentum": tau}
+    return LossOutput(
+      loss / ctx.num_replicas_in_sync,
+      {"loss": global_loss, "target_momentum": tau},
+      h[: tf.shape(view1)[0]],
+    )
 
   def after_step(self) -> None:
     """EMA of target encoder and projector with the scheduled tau; step += 1."""

@@ -13,9 +13,11 @@ import keras
 import tensorflow as tf
 
 from remedis_tf.models import heads
+from remedis_tf.models.outputs import EMBEDDING
 from remedis_tf.objectives import target_network
 from remedis_tf.objectives.base import (
   EncoderFactory,
+  LossOutput,
   Objective,
   assign_in_replica_context,
   resolve_replica_context,
@@ -145,21 +147,24 @@ class MoCoV2(Objective):
     view1: tf.Tensor,
     view2: tf.Tensor,
     training: bool,
-  ) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
+  ) -> LossOutput:
     """See `Objective.compute_loss`; metrics: loss, contrast_acc.
 
     Keys of this step are kept for `after_step`, which must be called in the
     same replica function.
     """
     ctx = resolve_replica_context(None)
-    q = self.head(encoder(view1, training=training)["embedding"], training=training)
+    h1 = encoder(view1, training=training)[EMBEDDING]
+    q = self.head(h1, training=training)
     q = tf.math.l2_normalize(tf.cast(q[heads.PROJECTION], tf.float32), axis=1)
-    k = self.key_head(self.key_encoder(view2, training=training)["embedding"], training=training)
+    k = self.key_head(self.key_encoder(view2, training=training)[EMBEDDING], training=training)
     k = tf.stop_gradient(tf.math.l2_normalize(tf.cast(k[heads.PROJECTION], tf.float32), axis=1))
     self._pending.keys = k
     loss, acc = moco_loss(q, k, self.queue, self.config.temperature)
     metrics = ctx.all_reduce(tf.distribute.ReduceOp.MEAN, [tf.stop_gradient(loss), acc])
-    return loss / ctx.num_replicas_in_sync, {"loss": metrics[0], "contrast_acc": metrics[1]}
+    return LossOutput(
+      loss / ctx.num_replicas_in_sync, {"loss": metrics[0], "contrast_acc": metrics[1]}, h1
+    )
 
   def after_step(self) -> None:
     """Momentum update of the key networks, then enqueue all replicas' keys."""

@@ -10,6 +10,7 @@ import tensorflow as tf
 from remedis_tf.models import heads
 from remedis_tf.objectives.base import (
   EncoderFactory,
+  LossOutput,
   ProjectionHeadObjective,
   resolve_replica_context,
 )
@@ -126,7 +127,8 @@ class ReLIC(ProjectionHeadObjective):
     view1: tf.Tensor,
     view2: tf.Tensor,
     training: bool,
-  ) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
+  ) -> LossOutput:
     """See `Objective.compute_loss`; metrics: loss, contrastive, invariance, contrast_acc."""
-    z1, z2 = self.project_views(encoder, view1, view2, training)
-    return relic_loss(z1, z2, self.config.temperature, self.config.alpha)
+    z1, z2, h1 = self.project_views(encoder, view1, view2, training)
+    loss, metrics = relic_loss(z1, z2, self.config.temperature, self.config.alpha)
+    return LossOutput(loss, metrics, h1)

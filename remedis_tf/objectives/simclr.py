@@ -8,7 +8,7 @@ import keras
 import tensorflow as tf
 
 from remedis_tf.models import heads
-from remedis_tf.objectives.base import EncoderFactory, ProjectionHeadObjective
+from remedis_tf.objectives.base import EncoderFactory, LossOutput, ProjectionHeadObjective
 from remedis_tf.objectives.nt_xent import nt_xent_loss
 
 
@@ -68,7 +68,8 @@ class SimCLR(ProjectionHeadObjective):
     view1: tf.Tensor,
     view2: tf.Tensor,
     training: bool,
-  ) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
+  ) -> LossOutput:
     """See `Objective.compute_loss`; metrics: loss, contrast_acc, contrast_entropy."""
-    z1, z2 = self.project_views(encoder, view1, view2, training)
-    return nt_xent_loss(z1, z2, self.config.temperature, normalize=self.config.normalize)
+    z1, z2, h1 = self.project_views(encoder, view1, view2, training)
+    loss, metrics = nt_xent_loss(z1, z2, self.config.temperature, normalize=self.config.normalize)
+    return LossOutput(loss, metrics, h1)

@@ -12,13 +12,13 @@ decay wd,
 
 Weight decay is part of the gradient before the trust ratio, not decoupled.
 Variables are excluded by role, never by name: pass the variables themselves
-(or a predicate on them); `norm_and_bias_variables(*models)` collects the
-variables of normalisation layers and layers' biases.
+(or a predicate on them); `remedis_tf.models.norm_and_bias_variables(*models)`
+collects the variables of normalisation layers and layers' biases.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import keras
@@ -26,18 +26,6 @@ from keras import ops
 
 VariablePredicate = Callable[[Any], bool]
 VariableSelection = Sequence[Any] | VariablePredicate | None
-
-# Layers carrying a true attribute of this name are treated as normalisation
-# layers by `norm_and_bias_variables` (e.g. a custom GroupNorm).
-NORMALIZATION_TAG = "is_normalization_layer"
-
-_NORM_TYPES = (
-  keras.layers.BatchNormalization,
-  keras.layers.GroupNormalization,
-  keras.layers.LayerNormalization,
-  keras.layers.UnitNormalization,
-)
-
 
 def _selector(selection: VariableSelection) -> VariablePredicate:
   """Turns a list of variables or a predicate into a predicate (by identity)."""
@@ -51,63 +39,6 @@ def _selector(selection: VariableSelection) -> VariablePredicate:
     if isinstance(v, keras.Variable):
       ids.add(id(v.value))
   return lambda v: id(v) in ids or (isinstance(v, keras.Variable) and id(v.value) in ids)
-
-
-def _sublayers(layer: keras.layers.Layer) -> Iterable[keras.layers.Layer]:
-  """Direct sub-layers of `layer`, found through public attributes only."""
-  if isinstance(layer, keras.Model):
-    yield from layer.layers
-  stack = list(vars(layer).values())
-  while stack:
-    value = stack.pop()
-    if isinstance(value, keras.layers.Layer):
-      yield value
-    elif isinstance(value, list | tuple):
-      stack.extend(value)
-    elif isinstance(value, dict):
-      stack.extend(value.values())
-
-
-def norm_and_bias_variables(
-  *models: keras.layers.Layer,
-  extra_norm_types: tuple[type, ...] = (),
-) -> list[keras.Variable]:
-  """Variables that LARS usually excludes from weight decay and adaptation.
-
-  Selection is by role: every variable of a normalisation layer (an instance of
-  Keras' BatchNormalization / GroupNormalization / LayerNormalization /
-  UnitNormalization or of `extra_norm_types`, or a layer with a true
-  `is_normalization_layer` attribute), and every layer's `bias` attribute.
-
-  Args:
-    *models: Keras models or layers; nested layers are visited recursively.
-    extra_norm_types: more layer classes to treat as normalisation layers.
-
-  Returns:
-    The selected variables, each once, in traversal order.
-  """
-  norm_types = _NORM_TYPES + tuple(extra_norm_types)
-  seen_layers: set[int] = set()
-  seen_vars: set[int] = set()
-  selected: list[keras.Variable] = []
-
-  def add(v: Any) -> None:
-    if isinstance(v, keras.Variable) and id(v) not in seen_vars:
-      seen_vars.add(id(v))
-      selected.append(v)
-
-  stack = list(models)
-  while stack:
-    layer = stack.pop(0)
-    if id(layer) in seen_layers:
-      continue
-    seen_layers.add(id(layer))
-    if isinstance(layer, norm_types) or getattr(layer, NORMALIZATION_TAG, False) is True:
-      for v in layer.weights:
-        add(v)
-    add(getattr(layer, "bias", None))
-    stack.extend(_sublayers(layer))
-  return selected
 
 
 @keras.saving.register_keras_serializable(package="remedis_tf")

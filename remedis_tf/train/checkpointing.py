@@ -1,103 +1,26 @@
-"""Checkpoints, resume and `config.json` for a training `model_dir`.
+"""Checkpoint writing and restoring with clear errors (see `run_dir` for the model_dir contract).
 
-Contract (relied on by `hub_export` and by fine-tuning "from our checkpoint"):
-
-* `<model_dir>/ckpt-<step>.{index,data-*}` written by `tf.train.CheckpointManager`
-  (prefix "ckpt") from `tf.train.Checkpoint(encoder=<keras encoder>,
-  optimizer=..., step=<int64 global step>, ...)`; pretraining adds
-  `objective=tf.train.Checkpoint(**objective.checkpoint_items())` (e.g.
-  `projection_head`, MoCo's queue, BYOL's target network and step) and
-  `linear_head` when trained; fine-tuning adds `head` (Dense classifier on the
-  encoder embedding). `tf.train.Checkpoint(encoder=model).restore(latest)
-  .expect_partial()` restores just the encoder.
-  Input position: the step is the position (step * global batch examples);
-  a resumed run re-seeds its input pipeline with the start step, so it sees
-  fresh shuffles and views rather than replaying the first batches.
-* `<model_dir>/config.json`: {'encoder', 'image_size', 'objective' (pretrain),
-  'task' ('pretrain' | 'finetune'), 'global_batch_size', 'train_steps', ...};
-  fine-tuning adds 'num_classes', 'label_mode', 'label_names'.
+`Checkpointer` saves with a `tf.train.CheckpointManager` (prefix "ckpt") and
+resumes from the newest checkpoint of the chief's `model_dir`. A resumed run
+continues the input stream where it stopped: the trainer skips the examples
+the finished steps consumed (`distribute.consumed_examples`), so it sees the
+same batches and views as an uninterrupted run.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
-from collections.abc import Mapping, Sequence
-from typing import Any
 
 import tensorflow as tf
 from absl import logging
 
-CONFIG_JSON = "config.json"
+from remedis_tf.errors import UserError
+
 CHECKPOINT_PREFIX = "ckpt"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
   """A checkpoint or model_dir is missing or incompatible with the request."""
-
-
-def write_config_json(model_dir: str, config: Mapping[str, Any]) -> str:
-  """Writes `config` as `<model_dir>/config.json` (atomically); returns the path."""
-  tf.io.gfile.makedirs(model_dir)
-  path = os.path.join(model_dir, CONFIG_JSON)
-  tmp = path + ".tmp"
-  with tf.io.gfile.GFile(tmp, "w") as f:
-    json.dump(dict(config), f, indent=2, sort_keys=True, default=str)
-  tf.io.gfile.rename(tmp, path, overwrite=True)
-  return path
-
-
-def read_config_json(model_dir: str) -> dict[str, Any] | None:
-  """Reads `<model_dir>/config.json`; None when absent."""
-  path = os.path.join(model_dir, CONFIG_JSON)
-  if not tf.io.gfile.exists(path):
-    return None
-  with tf.io.gfile.GFile(path) as f:
-    return json.load(f)
-
-
-def check_compatible(
-  model_dir: str, expected: Mapping[str, Any], keys: Sequence[str]
-) -> dict[str, Any] | None:
-  """Raises CheckpointError if `model_dir`'s config.json disagrees on `keys`.
-
-  Args:
-    model_dir: a directory that may already hold a run.
-    expected: the values this run will use.
-    keys: the keys that must match for a resume to make sense.
-
-  Returns:
-    The existing config (None when there is none).
-  """
-  existing = read_config_json(model_dir)
-  if existing is None:
-    return None
-  diffs = [
-    f"{k}: model_dir has {existing.get(k)!r}, requested {expected.get(k)!r}"
-    for k in keys
-    if k in existing and existing.get(k) != expected.get(k)
-  ]
-  if diffs:
-    raise CheckpointError(
-      f"{model_dir} already holds a run that cannot be resumed with these settings "
-      f"({'; '.join(diffs)}). Use a new --model_dir or the original settings."
-    )
-  return existing
-
-
-def resolve_checkpoint_path(path: str) -> str:
-  """A checkpoint prefix from a model_dir or a prefix; CheckpointError when none."""
-  if tf.io.gfile.isdir(path):
-    latest = tf.train.latest_checkpoint(path)
-    if latest is None:
-      raise CheckpointError(f"No checkpoint found in directory {path!r}.")
-    return latest
-  if tf.io.gfile.exists(path + ".index"):
-    return path
-  raise CheckpointError(
-    f"{path!r} is neither a directory with checkpoints nor a checkpoint prefix."
-  )
 
 
 def restore(checkpoint: tf.train.Checkpoint, path: str, partial: bool = False) -> None:

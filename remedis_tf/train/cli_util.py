@@ -1,43 +1,34 @@
-"""Helpers shared by the training CLIs: exit codes and results files."""
+"""What the training CLIs share: exit codes and the results file.
+
+Exit status: 0 done (or stopped by SIGTERM/SIGINT after a checkpoint), 2 a
+`remedis_tf.errors.UserError` (bad flags, inputs or model_dir: one line, no
+traceback). Any other exception propagates with its traceback (status 1).
+"""
 
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import tensorflow as tf
 from absl import logging
 
-from remedis_tf.train.checkpointing import CheckpointError
-from remedis_tf.train.distribute import StrategyError
+from remedis_tf.errors import UserError
+from tfrecords_tools import json_io
 
-# Errors a user can fix by changing flags, data or model_dir: reported in one
-# line without a traceback, exit status 2.
-USER_ERRORS = (ValueError, FileNotFoundError, CheckpointError, StrategyError)
-
-
-def write_json(path: str, value: Mapping[str, Any]) -> None:
-  """Writes `value` as JSON to `path`, creating the folder."""
-  folder = os.path.dirname(path)
-  if folder:
-    tf.io.gfile.makedirs(folder)
-  with tf.io.gfile.GFile(path, "w") as f:
-    json.dump(dict(value), f, indent=2, sort_keys=True, default=str)
+EXIT_OK = 0
+EXIT_USER_ERROR = 2
 
 
 def run_reporting_errors(fn: Callable[[], Mapping[str, Any]], results_json: str | None) -> int:
   """Runs `fn`, writes its results, returns an exit status (0 ok, 2 user error)."""
   try:
     results = fn()
-  except USER_ERRORS as e:
+  except UserError as e:
     logging.error("%s: %s", type(e).__name__, e)
-    return 2
+    return EXIT_USER_ERROR
   if results_json:
-    write_json(results_json, results)
-  logging.info(
-    "Results: %s",
-    json.dumps({k: v for k, v in results.items() if k != "loss_history"}, default=str),
-  )
-  return 0
+    json_io.write_json(results_json, results)
+  summary = {k: v for k, v in results.items() if k != "loss_history"}
+  logging.info("Results: %s", json.dumps(json_io.to_json_value(summary)))
+  return EXIT_OK

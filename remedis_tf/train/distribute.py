@@ -18,10 +18,12 @@ import os
 
 import tensorflow as tf
 
+from remedis_tf.errors import UserError
+
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 
 
-class StrategyError(ValueError):
+class StrategyError(UserError, ValueError):
   """A strategy cannot be created from the given name / environment."""
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import os
 from typing import Any
 
 import numpy as np
@@ -18,7 +19,16 @@ import tensorflow as tf
 from absl import logging
 
 from remedis_tf import data as data_lib
-from remedis_tf.train import checkpointing, evaluation_metrics, finetune
+from remedis_tf.data.patients import patient_key
+from remedis_tf.errors import InputDataError
+from remedis_tf.models.outputs import EMBEDDING
+from remedis_tf.train import evaluation_metrics, run_dir
+from remedis_tf.train.checkpointing import CheckpointError
+from tfrecords_tools import json_io
+from tfrecords_tools.schema import LabelMode
+
+# The arrays of a predictions .npz, in record order.
+PREDICTION_ARRAYS = ("labels", "probabilities", "patient_ids", "source_ids")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,60 +69,59 @@ def predict(config: EvaluateConfig) -> dict[str, Any]:
 
   Returns:
     {'labels': (N,) or (N, K), 'probabilities': (N, K) float32, 'patient_ids':
-     (N,) str, 'label_mode', 'label_names', 'checkpoint', 'image_size'}.
+     (N,) str, 'source_ids': (N,) str, 'label_mode', 'label_names',
+     'checkpoint', 'image_size'}, in record order (files sorted by name).
+
+  Raises:
+    CheckpointError: not a fine-tuning model_dir, or no checkpoint.
+    InputDataError: no labelled example in the data.
   """
-  run = checkpointing.read_config_json(config.model_dir)
-  if run is None or run.get("task") != "finetune":
-    raise checkpointing.CheckpointError(
+  prefix, model_dir = run_dir.resolve_checkpoint(config.checkpoint or config.model_dir)
+  run = run_dir.read_run_config(model_dir)
+  if run is None or not run.has_head:
+    raise CheckpointError(
       f"{config.model_dir!r} has no fine-tuning config.json; evaluate a remedis-finetune model_dir."
     )
-  prefix = checkpointing.resolve_checkpoint_path(config.checkpoint or config.model_dir)
-  image_size = config.image_size or int(run["image_size"])
-  label_mode, num_classes = run["label_mode"], int(run["num_classes"])
-  kind = "saved_model" if run.get("encoder_source") == "saved_model" else "bit"
-  encoder = finetune.build_encoder(
-    kind, run["encoder"], run.get("saved_model_path"), image_size, trainable=False
-  )
-  head = finetune.build_head(int(encoder.output["embedding"].shape[-1]), num_classes)
-  checkpointing.restore(tf.train.Checkpoint(encoder=encoder, head=head), prefix, partial=True)
+  image_size = config.image_size or run.image_size
+  model = run_dir.restore_model(prefix, image_size=image_size, trainable=False)
+  label_mode = run.label_mode
+  multi_label = label_mode == LabelMode.MULTI_LABEL
   files = data_lib.list_files(config.data)
   ds = data_lib.make_supervised_dataset(
     files,
     batch_size=config.batch_size,
     image_size=image_size,
     training=False,
-    preset=run.get("augment_preset", "natural"),
-    label_mode=label_mode,
-    num_labels=num_classes if label_mode == "multi_label" else None,
+    preset=run.settings.get("augment_preset", "natural"),
+    label_mode=label_mode.value,
+    num_labels=run.num_classes if multi_label else None,
     split=config.split,
     site=config.site,
     with_metadata=True,
     repeat=False,
   )
+  encoder, head = model.encoder, model.head
 
-  @tf.function
+  @tf.function(reduce_retracing=True)
   def probabilities(images: tf.Tensor) -> tf.Tensor:
-    logits = head(encoder(images, training=False)["embedding"], training=False)
-    return tf.nn.softmax(logits) if label_mode == "multi_class" else tf.sigmoid(logits)
+    logits = head(encoder(images, training=False)[EMBEDDING], training=False)
+    return tf.sigmoid(logits) if multi_label else tf.nn.softmax(logits)
 
-  labels, probs, patients = [], [], []
+  labels, probs, patients, sources = [], [], [], []
   for batch in ds:
     probs.append(probabilities(batch["image"]).numpy())
     labels.append(batch["label"].numpy())
-    pid = np.where(
-      batch["patient_id_hash"].numpy() == b"",
-      batch["source_id"].numpy(),
-      batch["patient_id_hash"].numpy(),
-    )
-    patients.append(pid.astype(str))
+    patients.append(patient_key(batch["patient_id_hash"], batch["source_id"]).numpy())
+    sources.append(batch["source_id"].numpy())
   if not labels:
-    raise ValueError(f"No labelled examples in {config.data!r} (split={config.split!r}).")
+    raise InputDataError(f"No labelled examples in {config.data!r} (split={config.split!r}).")
   return {
     "labels": np.concatenate(labels),
     "probabilities": np.concatenate(probs).astype(np.float32),
-    "patient_ids": np.concatenate(patients),
+    "patient_ids": np.concatenate(patients).astype(str),
+    "source_ids": np.concatenate(sources).astype(str),
     "label_mode": label_mode,
-    "label_names": list(run.get("label_names") or range(num_classes)),
+    "label_names": list(run.label_names or range(run.num_classes)),
     "checkpoint": prefix,
     "image_size": image_size,
   }
@@ -141,16 +150,9 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
     checkpoint=p["checkpoint"], data=config.data, split=config.split, image_size=p["image_size"]
   )
   if config.output_json:
-    from remedis_tf.train.cli_util import write_json
-
-    write_json(config.output_json, _json_safe(metrics))
+    json_io.write_json(config.output_json, metrics)
   if config.predictions_npz:
-    buffer = io.BytesIO()  # zipfile needs a seekable, readable file; GFile is not.
-    np.savez(
-      buffer, labels=p["labels"], probabilities=p["probabilities"], patient_ids=p["patient_ids"]
-    )
-    with tf.io.gfile.GFile(config.predictions_npz, "wb") as f:
-      f.write(buffer.getvalue())
+    write_predictions(config.predictions_npz, p)
   logging.info(
     "Macro AUROC %.4f [%.4f, %.4f] on %d examples.",
     metrics["auroc"]["macro"]["value"],
@@ -161,12 +163,10 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
   return metrics
 
 
-def _json_safe(value: Any) -> Any:
-  """NaN -> None recursively (strict JSON has no NaN)."""
-  if isinstance(value, dict):
-    return {k: _json_safe(v) for k, v in value.items()}
-  if isinstance(value, list | tuple):
-    return [_json_safe(v) for v in value]
-  if isinstance(value, float) and not np.isfinite(value):
-    return None
-  return value
+def write_predictions(path: str, predictions: dict[str, Any]) -> None:
+  """Saves labels, probabilities, patient and source ids of `predict` as an .npz."""
+  buffer = io.BytesIO()  # zipfile needs a seekable, readable file; GFile is not.
+  np.savez(buffer, **{k: predictions[k] for k in PREDICTION_ARRAYS})
+  tf.io.gfile.makedirs(os.path.dirname(path) or ".")
+  with tf.io.gfile.GFile(path, "wb") as f:
+    f.write(buffer.getvalue())

@@ -18,11 +18,11 @@ percentiles of the replicate statistics (percentile method). Replicates in
 which a label has no positive or no negative are undefined for that label and
 left out of its percentiles.
 
-Labels:
-  * 'multi_class': labels (N,) int class index, -1 = unlabeled; scores (N, C)
+Labels (`label_mode`, a LabelMode or any spelling `LabelMode.parse` takes):
+  * multi-class: labels (N,) int class index, -1 = unlabeled; scores (N, C)
     class probabilities (or logits). AUROC is one-vs-rest per class, accuracy
     is top-1.
-  * 'multi_label': labels (N, K) in {0, 1}, -1 = unknown entry; scores (N, K)
+  * multi-label: labels (N, K) in {0, 1}, -1 = unknown entry; scores (N, K)
     per-label probabilities. Accuracy is over the known entries at
     `threshold`.
 """
@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-LABEL_MODES = ("multi_class", "multi_label")
+from tfrecords_tools.schema import LabelMode
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,10 +95,11 @@ def weighted_auroc(
 
 
 def _binary_tasks(
-  labels: np.ndarray, scores: np.ndarray, label_mode: str
+  labels: np.ndarray, scores: np.ndarray, label_mode: LabelMode | str
 ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
   """Per label/class (valid mask, 0/1 targets, scores), each (N,)."""
-  if label_mode == "multi_class":
+  label_mode = LabelMode.parse(label_mode)
+  if label_mode == LabelMode.MULTI_CLASS:
     if labels.ndim != 1 or scores.ndim != 2 or scores.shape[0] != labels.shape[0]:
       raise ValueError(
         f"multi_class needs labels (N,) and scores (N, C); got {labels.shape}, {scores.shape}."
@@ -107,18 +108,18 @@ def _binary_tasks(
       raise ValueError(f"Label {labels.max()} out of range for {scores.shape[1]} classes.")
     valid = labels >= 0
     return [(valid, labels == c, scores[:, c]) for c in range(scores.shape[1])]
-  if label_mode == "multi_label":
+  if label_mode == LabelMode.MULTI_LABEL:
     if labels.shape != scores.shape or labels.ndim != 2:
       raise ValueError(
         f"multi_label needs labels and scores of shape (N, K); got {labels.shape}, {scores.shape}."
       )
     return [(labels[:, k] >= 0, labels[:, k] > 0.5, scores[:, k]) for k in range(labels.shape[1])]
-  raise ValueError(f"label_mode must be one of {LABEL_MODES}, got {label_mode!r}.")
+  raise AssertionError(f"unhandled label mode {label_mode!r}")
 
 
-def _correct(labels: np.ndarray, scores: np.ndarray, label_mode: str, threshold: float):
+def _correct(labels: np.ndarray, scores: np.ndarray, label_mode: LabelMode | str, threshold: float):
   """(correct, valid) float arrays of the same shape, for accuracy."""
-  if label_mode == "multi_class":
+  if LabelMode.parse(label_mode) == LabelMode.MULTI_CLASS:
     valid = labels >= 0
     return (np.argmax(scores, axis=1) == labels) & valid, valid
   valid = labels >= 0
@@ -135,13 +136,15 @@ def _weighted_accuracy(correct: np.ndarray, valid: np.ndarray, w: np.ndarray) ->
     return np.where(den > 0, num / np.where(den > 0, den, 1), np.nan)
 
 
-def auroc_per_label(labels: np.ndarray, scores: np.ndarray, label_mode: str) -> np.ndarray:
+def auroc_per_label(
+  labels: np.ndarray, scores: np.ndarray, label_mode: LabelMode | str
+) -> np.ndarray:
   """Per-label (multi-label) or one-vs-rest per-class (multi-class) AUROC.
 
   Args:
     labels: see the module docstring.
     scores: see the module docstring.
-    label_mode: 'multi_class' or 'multi_label'.
+    label_mode: a LabelMode (or a spelling of one).
 
   Returns:
     (K,) float64, NaN for labels without both classes.
@@ -153,7 +156,7 @@ def auroc_per_label(labels: np.ndarray, scores: np.ndarray, label_mode: str) -> 
 
 
 def accuracy(
-  labels: np.ndarray, scores: np.ndarray, label_mode: str, threshold: float = 0.5
+  labels: np.ndarray, scores: np.ndarray, label_mode: LabelMode | str, threshold: float = 0.5
 ) -> float:
   """Top-1 accuracy (multi-class) or entry-wise accuracy at `threshold` (multi-label)."""
   labels, scores = np.asarray(labels), np.asarray(scores, np.float64)
@@ -175,13 +178,32 @@ def patient_bootstrap_weights(
     (B, N) float64: for replicate b, how many times example i's patient was
     drawn (P draws from the P distinct patients).
   """
+  counts, patient_index = patient_bootstrap_counts(patient_ids, num_replicates, seed)
+  return counts[:, patient_index]
+
+
+def patient_bootstrap_counts(
+  patient_ids: Sequence[Any] | np.ndarray, num_replicates: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+  """How often each patient is drawn in each replicate (the compact form of the weights).
+
+  Args:
+    patient_ids: (N,) any hashable ids.
+    num_replicates: B.
+    seed: NumPy generator seed.
+
+  Returns:
+    (counts (B, P) float64, patient_index (N,) int): the weight of example i
+    in replicate b is counts[b, patient_index[i]].
+  """
   _, patient_index = np.unique(np.asarray(patient_ids), return_inverse=True)
+  patient_index = patient_index.ravel()
   num_patients = int(patient_index.max()) + 1 if patient_index.size else 0
   rng = np.random.default_rng(seed)
   draws = rng.integers(0, max(num_patients, 1), size=(num_replicates, num_patients))
   counts = np.zeros((num_replicates, num_patients))
   np.add.at(counts, (np.arange(num_replicates)[:, None], draws), 1.0)
-  return counts[:, patient_index.ravel()]
+  return counts, patient_index
 
 
 def _interval(values: np.ndarray, confidence: float) -> tuple[float, float]:
@@ -206,7 +228,7 @@ def _summary(point: float, replicates: np.ndarray, confidence: float) -> dict[st
 def compute_metrics(
   labels: np.ndarray,
   scores: np.ndarray,
-  label_mode: str,
+  label_mode: LabelMode | str,
   patient_ids: Sequence[Any] | np.ndarray | None = None,
   label_names: Sequence[str] | None = None,
   num_bootstrap: int = 1000,
@@ -218,9 +240,9 @@ def compute_metrics(
   """Per-label and macro AUROC and accuracy, each with a patient bootstrap CI.
 
   Args:
-    labels: (N,) ints (multi_class) or (N, K) in {0, 1, -1} (multi_label).
+    labels: (N,) ints (multi-class) or (N, K) in {0, 1, -1} (multi-label).
     scores: (N, C) or (N, K) probabilities.
-    label_mode: 'multi_class' or 'multi_label'.
+    label_mode: a LabelMode (or a spelling of one).
     patient_ids: (N,) patient of each example; None treats every example as
       its own patient.
     label_names: K names; defaults to "0", "1", ...
@@ -228,7 +250,8 @@ def compute_metrics(
     confidence: interval coverage, e.g. 0.95.
     seed: bootstrap seed.
     threshold: multi-label decision threshold for accuracy.
-    chunk_size: replicates processed at once (bounds memory to chunk * N).
+    chunk_size: replicates whose (chunk, N) example weights exist at once;
+      memory is B * P patient counts plus chunk * N weights.
 
   Returns:
     A JSON-serialisable dict:
@@ -264,9 +287,9 @@ def compute_metrics(
   rep_auc = np.full((num_bootstrap, len(tasks)), np.nan)
   rep_acc = np.full(num_bootstrap, np.nan)
   if num_bootstrap > 0 and n > 0:
-    weights = patient_bootstrap_weights(patient_ids, num_bootstrap, seed)
+    counts, patient_index = patient_bootstrap_counts(patient_ids, num_bootstrap, seed)
     for lo in range(0, num_bootstrap, chunk_size):
-      w = weights[lo : lo + chunk_size]
+      w = counts[lo : lo + chunk_size][:, patient_index]
       for k, (v, y, s) in enumerate(tasks):
         rep_auc[lo : lo + chunk_size, k] = weighted_auroc(y[v], s[v], w[:, v])
       rep_acc[lo : lo + chunk_size] = _weighted_accuracy(correct, valid, w)
@@ -284,7 +307,7 @@ def compute_metrics(
     warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN replicate rows
     rep_macro = np.nanmean(rep_auc[:, defined], axis=1) if defined.any() else rep_acc * np.nan
   return {
-    "label_mode": label_mode,
+    "label_mode": LabelMode.parse(label_mode).value,
     "n_examples": int(n),
     "n_patients": int(np.unique(patient_ids).size),
     "auroc": {

@@ -1,15 +1,17 @@
-"""Supervised fine-tuning and linear evaluation (REMEDIS step 3).
+"""Supervised fine-tuning and linear evaluation (REMEDIS step 3): the fine-tuning task.
 
 `finetune(FinetuneConfig(...))` starts the encoder from one of our model_dirs
 (pretraining or fine-tuning), a BiT `.npz`, a SavedModel directory (ours or
-the PhysioNet release, loaded with `hub_export.load.load_encoder`) or random
-weights, adds a zero-initialised Dense head on the pooled embedding and trains
-end to end, or only above `freeze_up_to` (linear evaluation: 'all').
+the PhysioNet release, `remedis_tf.models.load_encoder`) or random weights,
+adds the zero-initialised classifier of `run_dir.build_head` on the pooled
+embedding and trains end to end, or only above `freeze_up_to` (linear
+evaluation: 'all'), with `trainer.train`.
 
-Heads and losses: 'multi_class' uses softmax cross-entropy on (N,) int labels;
-'multi_label' uses sigmoid binary cross-entropy on (N, K) labels where entries
+Heads and losses: multi-class uses softmax cross-entropy on (N,) int labels;
+multi-label uses sigmoid binary cross-entropy on (N, K) labels where entries
 equal to -1 are ignored. Optional class weights multiply a class's examples
-(multi-class) or a label's positive entries (multi-label).
+(multi-class) or a label's positive entries (multi-label). Optional weight
+decay adds 0.5 * wd * sum(w^2) over kernels (never norm parameters or biases).
 
 Default schedule: BiT-HyperRule (Kolesnikov et al. 2020): SGD momentum 0.9,
 lr 0.003 * B / 512, linear warmup then x0.1 decays; steps by training-set
@@ -17,33 +19,31 @@ size (< 20k: 500 steps, decays at 200/300/400 after 100 warmup; < 500k:
 10k; else 20k). With explicit `train_steps`, warmup is 5% and decays are at
 30/60/90% of the steps.
 
-Checkpoint: `tf.train.Checkpoint(encoder=..., head=<Sequential Dense>,
-optimizer=..., step=...)`; config.json adds 'num_classes', 'label_mode',
-'label_names', 'encoder_source' ('bit' or 'saved_model') and
-'saved_model_path' (needed to rebuild a SavedModel-based encoder).
+Checkpoint and config.json: see `run_dir` (the classifier is saved as
+'head'; config.json records label_mode, num_classes, label_names and, for a
+SavedModel start, encoder_source 'saved_model' and saved_model_path).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import keras
 import tensorflow as tf
 from absl import logging
 
-from remedis_tf import data as data_lib
-from remedis_tf import models
+from remedis_tf import config_flags, data, models
 from remedis_tf.data import input_pipeline
-from remedis_tf.train import checkpointing, distribute, loop, precision, progress
+from remedis_tf.errors import ConfigError, InputDataError
+from remedis_tf.models.outputs import EMBEDDING
+from remedis_tf.train import loop, run_dir, trainer
 from remedis_tf.train.preemption import PreemptionWatcher
-from remedis_tf.train.pretrain import seed_initializers, weights_fingerprint
-from tfrecords_tools import schema
+from tfrecords_tools.schema import LabelMode
 
 FREEZE_POINTS = ("root_block", "block1", "block2", "block3", "block4", "all")
-_RESUME_KEYS = ("task", "encoder", "image_size", "label_mode", "num_classes")
+LABEL_MODE_CHOICES = tuple(m.value for m in LabelMode)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,111 +104,68 @@ class WarmupStepDecay(keras.optimizers.schedules.LearningRateSchedule):
     return {"peak": self.peak, "warmup_steps": self.warmup_steps, "decay_steps": self.decay_steps}
 
 
-@dataclasses.dataclass(frozen=True)
-class FinetuneConfig:
-  """Everything a fine-tuning run needs.
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class FinetuneConfig(trainer.TrainConfig):
+  """Everything a fine-tuning run needs (and `trainer.TrainConfig`'s fields).
 
   Attributes:
-    train_data: glob of labelled TFRecord shards.
-    model_dir: output directory (resumed when it holds a checkpoint).
-    init_from: our model_dir or checkpoint prefix, a BiT `.npz`, a SavedModel
-      directory, or None (random).
-    encoder: encoder name (ignored for a SavedModel start).
-    label_fraction: fraction of patients whose labels are used (0, 1].
-    train_steps: None = BiT-HyperRule length from the dataset size.
-    global_batch_size: examples per step over all replicas.
-    image_size: input side.
-    strategy: 'default', 'mirrored', 'multi_worker' or 'tpu'.
-    tpu_address: TPU for strategy 'tpu'.
-    label_mode: 'multi_class' / 'multi_label'; None = manifest (else multi_class).
-    num_classes: classes / labels; None = len(manifest label_names).
-    label_names: names; None = manifest or "0", "1", ...
-    learning_rate: peak lr; None = 0.003 * global_batch_size / 512.
+    init_from: our model_dir or checkpoint prefix, a BiT .npz, a SavedModel
+      directory (ours or PhysioNet's), or empty (random initialisation).
+    label_fraction: fraction of patients whose labels are used, in (0, 1]
+      (whole patients, chosen by the seed; nested across fractions).
+    train_steps: total steps (default: the BiT-HyperRule length for the
+      dataset size).
+    label_mode: multiclass (softmax) or multilabel (sigmoid); default: the
+      data's manifest.json.
+    num_classes: classes or labels (default: the manifest's label_names).
+    label_names: class or label names (default: the manifest's).
+    learning_rate: peak SGD learning rate (default 0.003 * batch / 512).
     momentum: SGD momentum.
-    weight_decay: L2 coefficient on kernels (0 as BiT).
-    freeze_up_to: None (end to end), a block name (freeze it and all below)
-      or 'all' (linear evaluation).
-    class_weights: per class / label weight, or None.
-    split: split to train on (None = all records).
-    augment_preset: augmentation preset.
-    augment_overrides: (field, value) pairs changing the preset's AugmentConfig.
-    checkpoint_steps: checkpoint period (0 = end only).
-    keep_checkpoint_max: retained checkpoints (None = all).
-    seed: seed of the head init, data order and label-fraction subset.
-    mixed_precision: None or 'bfloat16'.
-    jit_compile: XLA-compile the replica step (only the encoder when
-      replicas span several workers; see distribute.jit_scope).
-    steps_per_loop: steps per compiled call.
-    log_every_steps: progress line period.
+    weight_decay: L2 penalty on kernels (norm parameters and biases spared).
+    freeze_up_to: freeze the encoder up to this block ('all' = linear
+      evaluation of the frozen encoder).
+    class_weights: per-class (multi-class) or per-label positive (multi-label)
+      loss weights, comma separated on the command line.
   """
 
-  train_data: str
-  model_dir: str
+  global_batch_size: int = 512
+  checkpoint_steps: int = 500
   init_from: str | None = None
-  encoder: str = "bit-r50x1"
   label_fraction: float = 1.0
   train_steps: int | None = None
-  global_batch_size: int = 512
-  image_size: int = 224
-  strategy: str = "default"
-  tpu_address: str | None = None
-  label_mode: str | None = None
+  label_mode: LabelMode | None = dataclasses.field(
+    default=None, metadata=config_flags.flag(choices=LABEL_MODE_CHOICES, parse=LabelMode.parse)
+  )
   num_classes: int | None = None
   label_names: tuple[str, ...] | None = None
   learning_rate: float | None = None
   momentum: float = 0.9
   weight_decay: float = 0.0
-  freeze_up_to: str | None = None
+  freeze_up_to: str | None = dataclasses.field(
+    default=None, metadata=config_flags.flag(choices=FREEZE_POINTS)
+  )
   class_weights: tuple[float, ...] | None = None
-  split: str | None = None
-  augment_preset: str = "natural"
-  augment_overrides: tuple[tuple[str, Any], ...] = ()
-  checkpoint_steps: int = 500
-  keep_checkpoint_max: int | None = 5
-  seed: int = 0
-  mixed_precision: str | None = None
-  jit_compile: bool = False
-  steps_per_loop: int = 1
-  log_every_steps: int = 10
 
+  def names_encoder(self) -> bool:
+    """A SavedModel start brings its own encoder; `encoder` is then not used."""
+    return run_dir.start_kind(self.init_from) != run_dir.StartKind.SAVED_MODEL
 
-def init_kind(path: str | None) -> str:
-  """'random', 'bit_npz', 'saved_model' or 'checkpoint' for an --init_from value."""
-  if not path:
-    return "random"
-  if path.endswith(".npz"):
-    if not tf.io.gfile.exists(path):
-      raise FileNotFoundError(f"init_from {path!r} does not exist.")
-    return "bit_npz"
-  if tf.io.gfile.isdir(path) and tf.io.gfile.exists(os.path.join(path, "saved_model.pb")):
-    return "saved_model"
-  if tf.io.gfile.isdir(path) or tf.io.gfile.exists(path + ".index"):
-    return "checkpoint"
-  raise FileNotFoundError(
-    f"init_from {path!r} is not a .npz, a SavedModel directory, a model_dir or a checkpoint."
-  )
-
-
-def build_encoder(
-  kind: str, encoder_name: str, saved_model_path: str | None, image_size: int, trainable: bool
-) -> keras.Model:
-  """The encoder for a start kind (SavedModel encoders come from hub_export)."""
-  if kind == "saved_model":
-    from hub_export import load as hub_load  # Only needed for SavedModel starts.
-
-    return hub_load.load_encoder(saved_model_path, trainable=trainable, image_size=image_size)
-  return models.build_encoder_by_name(encoder_name)
-
-
-def build_head(embedding_dim: int, num_classes: int) -> keras.Model:
-  """Zero-initialised Dense head on the pooled embedding (checkpoint key 'head')."""
-  return keras.Sequential(
-    [
-      keras.Input((embedding_dim,)),
-      keras.layers.Dense(num_classes, kernel_initializer="zeros", dtype="float32", name="logits"),
-    ],
-    name="head",
-  )
+  def validate(self) -> None:
+    """Raises ConfigError (a ValueError) for inconsistent settings."""
+    super().validate()
+    if not 0.0 < self.label_fraction <= 1.0:
+      raise ConfigError(f"label_fraction must be in (0, 1], got {self.label_fraction}.")
+    if self.train_steps is not None and self.train_steps <= 0:
+      raise ConfigError(f"train_steps must be positive, got {self.train_steps}.")
+    if self.freeze_up_to is not None and self.freeze_up_to not in FREEZE_POINTS:
+      raise ConfigError(f"freeze_up_to must be one of {FREEZE_POINTS}, got {self.freeze_up_to!r}.")
+    if self.weight_decay < 0:
+      raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}.")
+    if self.label_mode is not None:
+      try:
+        LabelMode.parse(self.label_mode)
+      except ValueError as e:
+        raise ConfigError(str(e)) from e
 
 
 def freeze(encoder: keras.Model, freeze_up_to: str | None) -> None:
@@ -216,7 +173,7 @@ def freeze(encoder: keras.Model, freeze_up_to: str | None) -> None:
   if freeze_up_to is None:
     return
   if freeze_up_to not in FREEZE_POINTS:
-    raise ValueError(f"freeze_up_to must be one of {FREEZE_POINTS}, got {freeze_up_to!r}.")
+    raise ConfigError(f"freeze_up_to must be one of {FREEZE_POINTS}, got {freeze_up_to!r}.")
   if freeze_up_to == "all":
     encoder.trainable = False
     return
@@ -224,32 +181,50 @@ def freeze(encoder: keras.Model, freeze_up_to: str | None) -> None:
   names = order[: order.index(freeze_up_to) + 1]
   layer_names = {layer.name for layer in encoder.layers}
   if not set(names) <= layer_names:
-    raise ValueError(f"freeze_up_to={freeze_up_to!r} needs a BiT encoder with layers {names}.")
+    raise ConfigError(f"freeze_up_to={freeze_up_to!r} needs a BiT encoder with layers {names}.")
   for name in names:
     encoder.get_layer(name).trainable = False
 
 
-def _resolve_labels(config: FinetuneConfig) -> tuple[str, int, list[str]]:
-  manifest = data_lib.read_manifest(config.train_data) or {}
-  label_mode = schema.normalize_label_mode(
-    config.label_mode or manifest.get("label_mode") or "multi_class"
-  )
+@dataclasses.dataclass(frozen=True)
+class LabelSpec:
+  """The classification task of a run: mode, width and names."""
+
+  mode: LabelMode
+  num_classes: int
+  names: tuple[str, ...]
+
+
+def resolve_labels(config: FinetuneConfig) -> LabelSpec:
+  """The label mode, class count and names from the config, else the manifest.
+
+  Raises:
+    InputDataError: the class count cannot be told, or names and count disagree.
+  """
+  manifest = data.read_manifest(config.train_data) or {}
+  mode = config.label_mode or manifest.get("label_mode") or LabelMode.MULTI_CLASS
+  try:
+    mode = LabelMode.parse(mode)
+  except ValueError as e:
+    raise InputDataError(f"manifest.json next to {config.train_data!r}: {e}") from e
   names = list(config.label_names or manifest.get("label_names") or [])
   num_classes = config.num_classes or len(names)
   if not num_classes:
-    raise ValueError(
+    raise InputDataError(
       "Cannot tell the number of classes: pass num_classes or put a manifest.json with "
       f"label_names next to {config.train_data!r}."
     )
   if names and len(names) != num_classes:
-    raise ValueError(f"{len(names)} label names for {num_classes} classes.")
-  return label_mode, num_classes, names or [str(i) for i in range(num_classes)]
+    raise InputDataError(f"{len(names)} label names for {num_classes} classes.")
+  if config.class_weights is not None and len(config.class_weights) != num_classes:
+    raise ConfigError(f"{len(config.class_weights)} class weights for {num_classes} classes.")
+  return LabelSpec(mode, num_classes, tuple(names) or tuple(str(i) for i in range(num_classes)))
 
 
 def supervised_loss(
   logits: tf.Tensor,
   labels: tf.Tensor,
-  label_mode: str,
+  label_mode: LabelMode | str,
   global_batch_size: int,
   class_weights: tf.Tensor | None = None,
 ) -> tuple[tf.Tensor, tf.Tensor]:
@@ -257,8 +232,8 @@ def supervised_loss(
 
   Args:
     logits: (n, K) float32.
-    labels: (n,) int (multi_class) or (n, K) float in {0, 1, -1} (multi_label).
-    label_mode: 'multi_class' or 'multi_label'.
+    labels: (n,) int (multi-class) or (n, K) float in {0, 1, -1} (multi-label).
+    label_mode: a LabelMode (or any spelling `LabelMode.parse` accepts).
     global_batch_size: B over all replicas.
     class_weights: (K,) weights or None.
 
@@ -268,7 +243,7 @@ def supervised_loss(
     BCE; correct_r = number of correct decisions (top-1 or known entries).
   """
   logits = tf.cast(logits, tf.float32)
-  if label_mode == "multi_class":
+  if LabelMode.parse(label_mode) == LabelMode.MULTI_CLASS:
     labels = tf.cast(labels, tf.int32)
     ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
     if class_weights is not None:
@@ -290,149 +265,134 @@ def supervised_loss(
   return tf.reduce_sum(bce) / (float(global_batch_size) * num_labels), correct
 
 
-def finetune(config: FinetuneConfig) -> dict[str, Any]:
-  """Runs (or resumes) fine-tuning; see the module docstring.
+class FinetuneTask(trainer.Task):
+  """A classifier on the pooled embedding, trained with SGD on BiT-HyperRule."""
 
-  Args:
-    config: a FinetuneConfig.
+  kind = run_dir.TaskKind.FINETUNE
+  resume_keys = ("task", "encoder", "image_size", "label_mode", "num_classes")
 
-  Returns:
-    {'model_dir', 'start_step', 'final_step', 'preempted', 'resumed_from',
-     'initialized_from', 'checkpoint', 'metrics', 'loss_history',
-     'images_per_second', 'num_replicas', 'is_chief', 'num_classes',
-     'label_mode', 'label_names', 'schedule', 'train_examples',
-     'encoder_weights'}.
-  """
-  if not 0.0 < config.label_fraction <= 1.0:
-    raise ValueError(f"label_fraction must be in (0, 1], got {config.label_fraction}.")
-  if config.image_size <= 0 or config.image_size % 32:
-    raise ValueError(f"image_size must be a positive multiple of 32, got {config.image_size}.")
-  if config.strategy not in distribute.STRATEGIES:
-    raise ValueError(f"strategy must be one of {distribute.STRATEGIES}, got {config.strategy!r}.")
-  precision.check_policy_name(config.mixed_precision)
-  if config.freeze_up_to is not None and config.freeze_up_to not in FREEZE_POINTS:
-    raise ValueError(f"freeze_up_to must be one of {FREEZE_POINTS}, got {config.freeze_up_to!r}.")
-  kind = init_kind(config.init_from)
-  if kind != "saved_model":
-    models.parse_encoder_name(config.encoder)
-  files = data_lib.list_files(config.train_data)
-  label_mode, num_classes, label_names = _resolve_labels(config)
-  if config.class_weights is not None and len(config.class_weights) != num_classes:
-    raise ValueError(f"{len(config.class_weights)} class weights for {num_classes} classes.")
-  train_examples = int(round(input_pipeline.count_records(files) * config.label_fraction))
-  rule = hyperrule_schedule(train_examples, config.train_steps)
-  peak_lr = config.learning_rate or 0.003 * config.global_batch_size / 512
+  def __init__(self, config: FinetuneConfig) -> None:
+    super().__init__(config)
+    self.config: FinetuneConfig = config
 
-  strategy = distribute.create_strategy(config.strategy, config.tpu_address)
-  chief = distribute.is_chief(strategy)
-  write_dir = distribute.write_dir(config.model_dir, strategy)
-  replicas = strategy.num_replicas_in_sync
-  distribute.per_replica_batch_size(config.global_batch_size, strategy)
-  run_config = {
-    **dataclasses.asdict(config),
-    "task": "finetune",
-    "encoder": "saved_model" if kind == "saved_model" else config.encoder,
-    "encoder_source": "saved_model" if kind == "saved_model" else "bit",
-    "saved_model_path": _absolute(config.init_from) if kind == "saved_model" else None,
-    "label_mode": label_mode,
-    "num_classes": num_classes,
-    "label_names": label_names,
-    "train_steps": rule.total_steps,
-    "num_replicas": replicas,
-  }
-  checkpointing.check_compatible(config.model_dir, run_config, _RESUME_KEYS)
+  @property
+  def total_steps(self) -> int:
+    return self.rule.total_steps
 
-  with precision.policy(config.mixed_precision):
-    seed_initializers(config.seed)
-    with strategy.scope():
-      trainable = config.freeze_up_to != "all"
-      encoder = build_encoder(kind, config.encoder, config.init_from, config.image_size, trainable)
-      resuming = tf.train.latest_checkpoint(config.model_dir) is not None
+  def prepare(self) -> None:
+    super().prepare()
+    c = self.config
+    self.start = run_dir.start_kind(c.init_from)
+    self.labels = resolve_labels(c)
+    self.train_examples = int(round(input_pipeline.count_records(self.files) * c.label_fraction))
+    self.rule = hyperrule_schedule(self.train_examples, c.train_steps)
+    self.peak_lr = (
+      c.learning_rate if c.learning_rate is not None else 0.003 * c.global_batch_size / 512
+    )
+    self.schedule = WarmupStepDecay(self.peak_lr, self.rule.warmup_steps, self.rule.decay_steps)
+    self.trainable = c.freeze_up_to != "all"
+
+  def run_config(self, num_replicas: int) -> run_dir.RunConfig:
+    c = self.config
+    from_saved_model = self.start == run_dir.StartKind.SAVED_MODEL
+    return run_dir.RunConfig(
+      task=self.kind,
+      encoder=run_dir.EncoderSource.SAVED_MODEL.value if from_saved_model else c.encoder,
+      image_size=c.image_size,
+      encoder_source=(
+        run_dir.EncoderSource.SAVED_MODEL if from_saved_model else run_dir.EncoderSource.BIT
+      ),
+      saved_model_path=run_dir.absolute(c.init_from) if from_saved_model else None,
+      label_mode=self.labels.mode,
+      num_classes=self.labels.num_classes,
+      label_names=self.labels.names,
+      settings={
+        **trainer.dataclass_settings(c),
+        "train_steps": self.rule.total_steps,
+        "num_replicas": num_replicas,
+      },
+    )
+
+  def build(self, strategy: tf.distribute.Strategy, resuming: bool) -> trainer.Built:
+    c = self.config
+    run = self.run_config(strategy.num_replicas_in_sync)
+    encoder = run_dir.build_encoder(run, image_size=c.image_size, trainable=self.trainable)
+    if resuming:
       initialized_from = "resume"
-      if not resuming:
-        initialized_from = _initialize(encoder, kind, config.init_from)
-      freeze(encoder, config.freeze_up_to)
-      embedding_dim = int(encoder.output["embedding"].shape[-1])
-      head = build_head(embedding_dim, num_classes)
-      variables = encoder.trainable_variables + head.trainable_variables
-      schedule = WarmupStepDecay(peak_lr, rule.warmup_steps, rule.decay_steps)
-      optimizer = keras.optimizers.SGD(schedule, momentum=config.momentum)
-      optimizer.build(variables)
-      step = tf.Variable(
-        0,
-        dtype=tf.int64,
-        trainable=False,
-        name="global_step",
-        aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
-      )
-      checkpoint = tf.train.Checkpoint(encoder=encoder, head=head, optimizer=optimizer, step=step)
-      roles = models.variable_roles(encoder) if config.weight_decay else {}
-      decayed = [
-        v
-        for v in variables
-        if config.weight_decay and roles.get(v.path, "kernel") == "kernel" and len(v.shape) > 1
-      ]
-    checkpointer = checkpointing.Checkpointer(
-      checkpoint, config.model_dir, write_dir, max_to_keep=config.keep_checkpoint_max
+    elif self.start == run_dir.StartKind.SAVED_MODEL:
+      initialized_from = f"saved_model:{c.init_from}"
+    else:
+      initialized_from = run_dir.initialize_encoder(encoder, c.init_from)
+    freeze(encoder, c.freeze_up_to)
+    self.head = run_dir.build_head(
+      int(encoder.output[EMBEDDING].shape[-1]), self.labels.num_classes
     )
-    resumed_from = checkpointer.restore_latest()
-    if chief:
-      checkpointing.write_config_json(config.model_dir, run_config)
-    class_weights = (
-      tf.constant(config.class_weights, tf.float32) if config.class_weights is not None else None
+    networks = [encoder, self.head]
+    self.variables = [v for net in networks for v in net.trainable_variables]
+    trainable_ids = {id(v) for v in self.variables}
+    self.decayed = (
+      [v for v in models.kernel_variables(*networks) if id(v) in trainable_ids and len(v.shape) > 1]
+      if c.weight_decay
+      else []
     )
-    start_step = int(step.numpy())
+    self.optimizer = keras.optimizers.SGD(self.schedule, momentum=c.momentum)
+    self.optimizer.build(self.variables)
+    self.class_weights = (
+      tf.constant(c.class_weights, tf.float32) if c.class_weights is not None else None
+    )
+    self.replicas = strategy.num_replicas_in_sync
     logging.info(
-      "Fine-tuning (%s, %d classes, %s) from step %d of %d; start: %s.",
-      label_mode,
-      num_classes,
-      config.freeze_up_to or "end-to-end",
-      start_step,
-      rule.total_steps,
-      initialized_from,
+      "Fine-tuning (%s, %d classes, %s); %d decayed kernels.",
+      self.labels.mode.value,
+      self.labels.num_classes,
+      c.freeze_up_to or "end-to-end",
+      len(self.decayed),
+    )
+    return trainer.Built(
+      encoder=encoder,
+      checkpoint_items={"encoder": encoder, "head": self.head, "optimizer": self.optimizer},
+      initialized_from=initialized_from,
+      fingerprinted=[encoder, self.head],
     )
 
-    def dataset_fn(ctx: tf.distribute.InputContext) -> tf.data.Dataset:
-      return data_lib.make_supervised_dataset(
-        files,
-        batch_size=ctx.get_per_replica_batch_size(config.global_batch_size),
-        image_size=config.image_size,
-        training=True,
-        preset=data_lib.get_preset(config.augment_preset, **dict(config.augment_overrides)),
-        # Fixed seed (the label subset and order never depend on the step);
-        # a resumed run skips what the finished steps consumed.
-        seed=config.seed,
-        deterministic=True,
-        skip_examples=distribute.consumed_examples(ctx, config.global_batch_size, start_step),
-        label_mode=label_mode,
-        num_labels=num_classes if label_mode == "multi_label" else None,
-        label_fraction=config.label_fraction,
-        split=config.split,
-        input_context=ctx,
-      )
+  def dataset(self, ctx: tf.distribute.InputContext, skip_examples: int) -> tf.data.Dataset:
+    c = self.config
+    multi_label = self.labels.mode == LabelMode.MULTI_LABEL
+    return data.make_supervised_dataset(
+      self.files,
+      batch_size=ctx.get_per_replica_batch_size(c.global_batch_size),
+      image_size=c.image_size,
+      training=True,
+      preset=c.augment_config(),
+      # Fixed seed: the label subset and the order never depend on the step;
+      # a resumed run skips what the finished steps consumed.
+      seed=c.seed,
+      deterministic=True,
+      skip_examples=skip_examples,
+      label_mode=self.labels.mode.value,
+      num_labels=self.labels.num_classes if multi_label else None,
+      label_fraction=c.label_fraction,
+      split=c.split,
+      input_context=ctx,
+    )
 
-    dataset = strategy.distribute_datasets_from_function(dataset_fn)
-    writer = progress.summary_writer(os.path.join(write_dir, "train") if chief else None)
+  def replica_step(self, encoder: Callable[..., Any]) -> loop.ReplicaStep:
+    c = self.config
 
-    net, jit_step = loop.apply_jit_scope(strategy, encoder, config.jit_compile)
-
-    def replica_step(batch: tuple[tf.Tensor, tf.Tensor]) -> dict[str, tf.Tensor]:
+    def step(batch: tuple[tf.Tensor, tf.Tensor]) -> dict[str, tf.Tensor]:
       images, labels = batch
       with tf.GradientTape() as tape:
-        features = net(images, training=trainable)["embedding"]
-        logits = head(tf.cast(features, tf.float32), training=True)
+        features = encoder(images, training=self.trainable)[EMBEDDING]
+        logits = self.head(tf.cast(features, tf.float32), training=True)
         loss, correct = supervised_loss(
-          logits, labels, label_mode, config.global_batch_size, class_weights
+          logits, labels, self.labels.mode, c.global_batch_size, self.class_weights
         )
-        if decayed:
-          loss += (
-            0.5
-            * config.weight_decay
-            * tf.add_n([tf.reduce_sum(tf.square(v)) for v in decayed])
-            / replicas
-          )
-      grads = tape.gradient(loss, variables)
-      optimizer.apply_gradients(zip(grads, variables, strict=True))
+        if self.decayed:
+          # Each replica adds 1/R of the penalty, so the replicas sum to it once.
+          penalty = tf.add_n([tf.reduce_sum(tf.square(v)) for v in self.decayed])
+          loss += 0.5 * c.weight_decay * penalty / self.replicas
+      grads = tape.gradient(loss, self.variables)
+      self.optimizer.apply_gradients(zip(grads, self.variables, strict=True))
       ctx = tf.distribute.get_replica_context()
       n = tf.cast(tf.size(labels), tf.float32)
       total_loss, total_correct, total_n = ctx.all_reduce(
@@ -440,64 +400,30 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
       )
       return {"loss": total_loss, "accuracy": total_correct / tf.maximum(total_n, 1.0)}
 
-    with PreemptionWatcher() as watcher:
-      result = loop.run_loop(
-        strategy=strategy,
-        replica_step=replica_step,
-        iterator=iter(dataset),
-        step=step,
-        total_steps=rule.total_steps,
-        global_batch_size=config.global_batch_size,
-        checkpointer=checkpointer,
-        checkpoint_steps=config.checkpoint_steps,
-        writer=writer,
-        steps_per_loop=config.steps_per_loop,
-        jit_compile=jit_step,
-        log_every_steps=config.log_every_steps,
-        summary_every_steps=config.log_every_steps,
-        learning_rate=lambda s: float(schedule(s)),
-        watcher=watcher,
-      )
-    fingerprint = weights_fingerprint(encoder.weights + head.weights)
-    checkpointer.cleanup()
+    return step
 
-  return {
-    "model_dir": config.model_dir,
-    "start_step": result.start_step,
-    "final_step": result.final_step,
-    "preempted": result.preempted,
-    "resumed_from": resumed_from,
-    "initialized_from": initialized_from,
-    "checkpoint": result.checkpoint if chief else None,
-    "metrics": result.last_metrics,
-    "loss_history": result.loss_history,
-    "images_per_second": result.images_per_second,
-    "num_replicas": replicas,
-    "is_chief": chief,
-    "num_classes": num_classes,
-    "label_mode": label_mode,
-    "label_names": label_names,
-    "schedule": dataclasses.asdict(rule) | {"peak_learning_rate": peak_lr},
-    "train_examples": train_examples,
-    "encoder_weights": fingerprint,
-  }
+  def learning_rate(self, step: int) -> float:
+    return float(self.schedule(step))
+
+  def results(self) -> dict[str, Any]:
+    return {
+      "num_classes": self.labels.num_classes,
+      "label_mode": self.labels.mode.value,
+      "label_names": list(self.labels.names),
+      "schedule": dataclasses.asdict(self.rule) | {"peak_learning_rate": self.peak_lr},
+      "train_examples": self.train_examples,
+    }
 
 
-def _absolute(path: str | None) -> str | None:
-  """A local path made absolute (config.json is read from other directories)."""
-  if path is None or "://" in path:
-    return path
-  return os.path.abspath(path)
+def finetune(config: FinetuneConfig, watcher: PreemptionWatcher | None = None) -> dict[str, Any]:
+  """Runs (or resumes) fine-tuning; see the module docstring.
 
+  Args:
+    config: a FinetuneConfig.
+    watcher: shared stop requests (see `trainer.train`).
 
-def _initialize(encoder: keras.Model, kind: str, path: str | None) -> str:
-  if kind == "bit_npz":
-    report = models.load_bit_checkpoint(encoder, path, skip_head=True)
-    return f"bit_npz:{path} ({len(report.loaded)} arrays)"
-  if kind == "checkpoint":
-    prefix = checkpointing.resolve_checkpoint_path(path)
-    checkpointing.restore(tf.train.Checkpoint(encoder=encoder), prefix, partial=True)
-    return f"checkpoint:{prefix}"
-  if kind == "saved_model":
-    return f"saved_model:{path}"
-  return "random"
+  Returns:
+    `trainer.train`'s results dict plus 'num_classes', 'label_mode',
+    'label_names', 'schedule', 'train_examples'.
+  """
+  return trainer.train(FinetuneTask(config), watcher)

@@ -1,10 +1,10 @@
 """The custom training loop shared by pretraining and fine-tuning.
 
 One compiled call runs `steps_per_loop` steps, each `strategy.run(replica_step)`
-on the next distributed batch, then increments the global step. The SIGTERM
-flag of this process goes in as an argument and comes back all-reduced (MAX)
-over replicas, so every worker sees the same stop decision after the same
-step. Checkpoints are written every `checkpoint_steps`, at the end, and after
+on the next distributed batch, then increments the global step. The stop
+flag of this process (SIGTERM/SIGINT) goes in as an argument and comes back
+summed over replicas (> 0: some process wants to stop), so every worker sees
+the same stop decision after the same step. Checkpoints are written every `checkpoint_steps`, at the end, and after
 a stop request.
 """
 
@@ -55,7 +55,9 @@ class CompiledEncoder:
   Used when only the encoder may be compiled (see distribute.jit_scope): the
   forward pass and, under a GradientTape, its gradient run as XLA clusters,
   while the rest of the step (heads, losses with collectives, the optimizer)
-  runs as ordinary ops. Attribute access falls through to the encoder.
+  runs as ordinary ops. Its one method is the call a training step makes,
+  `encoder(images, training=...)` -> the encoder's output dict; anything else
+  belongs to the encoder itself (`.encoder`).
   """
 
   def __init__(self, encoder: Any) -> None:
@@ -65,13 +67,8 @@ class CompiledEncoder:
   def _forward(self, images: tf.Tensor, training: bool) -> Any:
     return self.encoder(images, training=training)
 
-  def __call__(self, images: tf.Tensor, training: bool = False, **kwargs: Any) -> Any:
-    if kwargs:
-      return self.encoder(images, training=training, **kwargs)
+  def __call__(self, images: tf.Tensor, training: bool = False) -> Any:
     return self._compiled(images, training=bool(training))
-
-  def __getattr__(self, name: str) -> Any:
-    return getattr(self.encoder, name)
 
 
 def apply_jit_scope(
