@@ -28,6 +28,7 @@ import tensorflow as tf
 from remedis_tf.data import augment, seeds
 from remedis_tf.data.manifest import read_manifest
 from remedis_tf.data.presets import AugmentConfig, get_preset
+from remedis_tf.errors import InputNotFoundError
 from tfrecords_tools import schema
 
 if TYPE_CHECKING:
@@ -49,7 +50,7 @@ def list_files(files: str | Sequence[str]) -> list[str]:
     Sorted list of paths (the same order on every worker).
 
   Raises:
-    FileNotFoundError: nothing matches.
+    InputNotFoundError (a FileNotFoundError): nothing matches.
   """
   patterns = [files] if isinstance(files, str | os.PathLike) else list(files)
   found = set()
@@ -58,7 +59,7 @@ def list_files(files: str | Sequence[str]) -> list[str]:
     matches = tf.io.gfile.glob(pattern) if glob.has_magic(pattern) else [pattern]
     found.update(m for m in matches if tf.io.gfile.exists(m))
   if not found:
-    raise FileNotFoundError(f"no TFRecord files match {files!r}")
+    raise InputNotFoundError(f"no TFRecord files match {files!r}")
   return sorted(found)
 
 
