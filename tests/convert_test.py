@@ -4,6 +4,7 @@ import glob
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -16,7 +17,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfrecords_tools import archive_io, convert, schema, shards
+from tfrecords_tools import archive_io, convert, file_converter, schema, shards
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SALT = "unit-test-salt"
@@ -263,6 +264,15 @@ def test_a_damaged_zip_member_is_reported_and_the_run_goes_on(tmp_path):
     errors = json.load(f)
   assert [(e["path"], e["reason"]) for e in errors] == [("f1", "corrupt")]
   assert errors[0]["detail"].startswith("cannot read")
+
+
+def test_every_input_error_reason_is_listed_in_the_readme():
+  with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+    readme = f.read()
+  listed = re.search(r"with a `reason`: ([a-z_, \n]+)\)", readme)
+  assert listed, "README no longer lists the error reasons"
+  reasons = {r.strip() for r in listed.group(1).replace("\n", " ").split(",")}
+  assert set(file_converter.INPUT_ERROR_REASONS) <= reasons
 
 
 def _cli(*args, timeout=300, extra_env=None):
