@@ -1,11 +1,14 @@
-"""Sums pytest's and Bazel's JUnit XML results into the line CI reads last.
+"""The line CI reads last: every test counted once, whichever runners ran it.
 
 Usage: summarize.py PYTEST_XML [PYTEST_XML ...] BAZEL_TESTLOGS_DIR
 
-Each Bazel py_test runs pytest with --junitxml=$XML_OUTPUT_FILE, so
-bazel-testlogs/**/test.xml holds one <testcase> per test function too.
-Prints per-source counts, then "N passed, N failed" as the final line.
-Exits 1 when nothing ran or anything failed.
+`make test` (pytest) runs the whole suite; `bazel test //...` runs the fast
+unit tests again, each Bazel py_test being pytest on one file with
+--junitxml=$XML_OUTPUT_FILE. A test is identified by (test file, test name),
+so a fast test that both runners ran is one test: it passed if it passed in
+every runner that ran it, failed if it failed in any. Prints what each runner
+ran, then "N passed, N failed, N skipped" as the final line. Exits 1 when
+nothing ran or anything failed.
 """
 
 import glob
@@ -13,35 +16,50 @@ import os
 import sys
 import xml.etree.ElementTree as ET
 
+ORDER = {"passed": 0, "skipped": 1, "failed": 2}
 
-def count(paths: list[str]) -> tuple[int, int, int]:
-  passed = failed = skipped = 0
+
+def outcomes(paths: list[str]) -> dict[tuple[str, str], str]:
+  """(test module, test name) -> 'passed' | 'failed' | 'skipped' over JUnit files."""
+  found: dict[tuple[str, str], str] = {}
   for path in paths:
     try:
       root = ET.parse(path).getroot()
     except (ET.ParseError, OSError) as e:
       print(f"unreadable result file {path}: {e}")
-      failed += 1
+      found[(path, "<unreadable>")] = "failed"
       continue
     for case in root.iter("testcase"):
+      module = (case.get("classname") or "").split(".")[-1]  # tests.x_test -> x_test
+      key = (module, case.get("name") or "")
       tags = {child.tag for child in case}
-      if "failure" in tags or "error" in tags:
-        failed += 1
-      elif "skipped" in tags:
-        skipped += 1
-      else:
-        passed += 1
-  return passed, failed, skipped
+      outcome = (
+        "failed" if tags & {"failure", "error"} else "skipped" if "skipped" in tags else "passed"
+      )
+      if ORDER[outcome] >= ORDER[found.get(key, "passed")]:
+        found[key] = outcome
+  return found
+
+
+def counts(results: dict[tuple[str, str], str]) -> tuple[int, int, int]:
+  values = list(results.values())
+  return values.count("passed"), values.count("failed"), values.count("skipped")
 
 
 def main() -> int:
   *pytest_xmls, testlogs = sys.argv[1:]
   missing = [p for p in pytest_xmls if not os.path.exists(p)]
-  py = count([p for p in pytest_xmls if os.path.exists(p)])
-  bz = count(sorted(glob.glob(os.path.join(testlogs, "**", "test.xml"), recursive=True)))
-  print(f"pytest (make test): {py[0]} passed, {py[1]} failed, {py[2]} skipped")
-  print(f"bazel test //...:   {bz[0]} passed, {bz[1]} failed, {bz[2]} skipped")
-  passed, failed, skipped = py[0] + bz[0], py[1] + bz[1], py[2] + bz[2]
+  py = outcomes([p for p in pytest_xmls if os.path.exists(p)])
+  bz = outcomes(sorted(glob.glob(os.path.join(testlogs, "**", "test.xml"), recursive=True)))
+  union = dict(py)
+  for key, outcome in bz.items():
+    if ORDER[outcome] >= ORDER[union.get(key, "passed")]:
+      union[key] = outcome
+  both = len(set(py) & set(bz))
+  print("pytest (make test: the whole suite): %d passed, %d failed, %d skipped" % counts(py))
+  print("bazel test //... (the fast unit tests): %d passed, %d failed, %d skipped" % counts(bz))
+  print(f"{both} tests ran under both runners and are counted once below.")
+  passed, failed, skipped = counts(union)
   for path in missing:
     failed += 1
     print(f"no results at {path}")

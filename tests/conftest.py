@@ -1,8 +1,15 @@
-"""Shared pytest set-up: quiet TensorFlow and two logical CPU devices.
+"""Shared pytest set-up: oneDNN on, threads per worker, quiet TensorFlow, two logical CPUs.
 
-Two logical CPUs let MirroredStrategy tests run a real 2-replica all-reduce
-on this CPU-only machine. The split must happen before TensorFlow creates its
-devices, so it is done here, once, before any test module runs.
+* oneDNN: `remedis_tf.cpu_setup` turns it on (unless TF_ENABLE_ONEDNN_OPTS is
+  set) before TensorFlow is imported, as every entry point does, so the suite
+  runs at full speed on AVX2-only CPUs too.
+* Threads: with N pytest-xdist workers on C cores, each worker's TensorFlow
+  gets max(1, C // N) intra-op and inter-op threads (TF_NUM_INTRAOP_THREADS /
+  TF_NUM_INTEROP_THREADS, which child processes inherit), so two workers on
+  two cores do not oversubscribe them.
+* Two logical CPUs let MirroredStrategy tests run a real 2-replica all-reduce
+  on a CPU-only machine. The split must happen before TensorFlow creates its
+  devices, so it is done here, once, before any test module runs.
 """
 
 import os
@@ -10,11 +17,18 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("PYTHONHASHSEED", "0")
+_workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+_threads = str(max(1, (os.cpu_count() or 1) // _workers))
+os.environ.setdefault("TF_NUM_INTRAOP_THREADS", _threads)
+os.environ.setdefault("TF_NUM_INTEROP_THREADS", _threads)
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _ROOT not in sys.path:
   sys.path.insert(0, _ROOT)
 
+from remedis_tf import cpu_setup  # noqa: E402, F401  (oneDNN default, before TensorFlow)
+
+# isort: split
 import tensorflow as tf  # noqa: E402
 
 _cpus = tf.config.list_physical_devices("CPU")

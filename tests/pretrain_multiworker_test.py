@@ -17,16 +17,12 @@ COMMON = dict(
 @pytest.mark.parametrize("jit_compile", [False, True])
 def test_two_workers_match_each_other_and_single_process(tmp_path, jit_compile):
   """With jit_compile the workers compile only the encoder (see distribute.jit_scope)."""
-  from train_testdata import cli, free_ports, write_multiclass  # helper module next to the tests
+  from train_testdata import run_workers, write_multiclass  # helper module next to the tests
 
   data = write_multiclass(str(tmp_path / "data"), num_shards=2, per_shard=4)
-  ports = free_ports(2)
-  cluster = {"worker": [f"localhost:{p}" for p in ports]}
-  procs, outputs = [], []
-  for i in range(2):
-    out = str(tmp_path / f"worker{i}.json")
-    outputs.append(out)
-    args = [
+  outputs = [str(tmp_path / f"worker{i}.json") for i in range(2)]
+  worker_args = [
+    [
       f"--train_data={data}",
       f"--model_dir={tmp_path / 'mw'}",
       "--strategy=multi_worker",
@@ -34,12 +30,11 @@ def test_two_workers_match_each_other_and_single_process(tmp_path, jit_compile):
       "--checkpoint_steps=2",
       "--log_every_steps=1",
       f"--jit_compile={jit_compile}",
+      *(f"--{k}={v}" for k, v in COMMON.items()),
     ]
-    args += [f"--{k}={v}" for k, v in COMMON.items()]
-    procs.append(
-      cli("remedis-pretrain", args, {"cluster": cluster, "task": {"type": "worker", "index": i}})
-    )
-  logs = [p.communicate(timeout=240)[0] for p in procs]
+    for out in outputs
+  ]
+  procs, logs = run_workers("remedis-pretrain", worker_args)
   for p, log in zip(procs, logs, strict=True):
     assert p.returncode == 0, log[-3000:]
   if jit_compile:

@@ -4,10 +4,11 @@ import glob
 import json
 import os
 import signal
-import time
 
 import pytest
 import tensorflow as tf
+
+from remedis_tf.train.loop import FAULT_ENV as FAULT
 
 
 def _args(data, model_dir, steps, extra=()):
@@ -25,17 +26,6 @@ def _args(data, model_dir, steps, extra=()):
   ]
 
 
-def _wait_for(predicate, proc, timeout=180):
-  end = time.time() + timeout
-  while time.time() < end:
-    if predicate():
-      return True
-    if proc.poll() is not None:
-      return False
-    time.sleep(0.2)
-  return False
-
-
 def _step_of(path):
   return int(os.path.basename(path).split("-")[1].split(".")[0])
 
@@ -43,54 +33,48 @@ def _step_of(path):
 @pytest.mark.slow
 @pytest.mark.integration
 def test_kill9_then_resume_and_sigterm_checkpoints(tmp_path):
+  """Interrupts at steps the job announces (REMEDIS_TRAIN_FAULT), never by a timer."""
   from train_testdata import cli, write_multiclass  # helper module next to the tests
 
   data = write_multiclass(str(tmp_path / "data"), num_shards=1, per_shard=8)
   model_dir = str(tmp_path / "run")
   ckpts = lambda: glob.glob(os.path.join(model_dir, "ckpt-*.index"))
-
-  # kill -9 once the second checkpoint exists.
-  proc = cli("remedis-pretrain", _args(data, model_dir, 1000))
-  assert _wait_for(lambda: len(ckpts()) >= 2, proc), proc.communicate()[0][-3000:]
-  proc.kill()
-  proc.wait()
-  # The newest checkpoint the manager recorded: a kill between writing a
-  # checkpoint's files and updating the `checkpoint` state file leaves an
-  # unrecorded ckpt-N behind, and resuming from the recorded one is right.
   latest = lambda: tf.train.latest_checkpoint(model_dir)
-  killed_at = _step_of(latest())
-  assert 1 <= killed_at < 1000
 
-  # SIGTERM the resumed run: it saves and exits 0.
+  # kill -9 right after the step-2 checkpoint.
+  proc = cli("remedis-pretrain", _args(data, model_dir, 8), extra_env={FAULT: "kill@2"})
+  log = proc.communicate(timeout=240)[0]
+  assert proc.returncode == -signal.SIGKILL, log[-3000:]
+  assert _step_of(latest()) == 2
+
+  # SIGTERM the resumed run at step 4: it finishes that step's successor, saves, exits 0.
   proc = cli(
     "remedis-pretrain",
-    _args(data, model_dir, 1000, ["--results_json=" + str(tmp_path / "term.json")]),
+    _args(data, model_dir, 8, ["--results_json=" + str(tmp_path / "term.json")]),
+    extra_env={FAULT: "term@4"},
   )
-  assert _wait_for(lambda: _step_of(latest()) > killed_at, proc)
-  proc.send_signal(signal.SIGTERM)
-  log = proc.communicate(timeout=120)[0]
+  log = proc.communicate(timeout=240)[0]
   assert proc.returncode == 0, log[-3000:]
   term = json.load(open(tmp_path / "term.json"))
-  assert term["preempted"] and term["resumed_from"].endswith(f"ckpt-{killed_at}")
-  assert term["start_step"] == killed_at and term["final_step"] > killed_at
-  assert tf.train.latest_checkpoint(model_dir).endswith(f"ckpt-{term['final_step']}")
+  assert term["preempted"] and term["resumed_from"].endswith("ckpt-2")
+  assert term["start_step"] == 2 and term["final_step"] == 5
+  assert latest().endswith("ckpt-5")
 
-  # The same command with a reachable end resumes and ends at the requested step.
-  end_step = term["final_step"] + 2
+  # The same command without interruption resumes and ends at the requested step.
   proc = cli(
     "remedis-pretrain",
     _args(
       data,
       model_dir,
-      end_step,
+      7,
       ["--results_json=" + str(tmp_path / "end.json"), "--keep_checkpoint_max=2"],
     ),
   )
   log = proc.communicate(timeout=240)[0]
   assert proc.returncode == 0, log[-3000:]
   end = json.load(open(tmp_path / "end.json"))
-  assert end["start_step"] == term["final_step"] and end["final_step"] == end_step
-  assert tf.train.latest_checkpoint(model_dir).endswith(f"ckpt-{end_step}")
+  assert end["start_step"] == 5 and end["final_step"] == 7 and not end["preempted"]
+  assert latest().endswith("ckpt-7")
   assert len(ckpts()) == 2  # retention
   config = json.load(open(os.path.join(model_dir, "config.json")))
   assert config["encoder"] == "bit-tiny" and config["objective"] == "simclr"

@@ -110,7 +110,7 @@ def write_multilabel(folder: str, n: int = 12, k: int = 3, size: int = 40) -> st
 
 
 def free_ports(n: int) -> list[int]:
-  """n free localhost ports (bound to port 0, then released)."""
+  """n localhost ports that were free a moment ago (bound to port 0, then released)."""
   socks = [socket.socket() for _ in range(n)]
   for s in socks:
     s.bind(("localhost", 0))
@@ -120,20 +120,61 @@ def free_ports(n: int) -> list[int]:
   return ports
 
 
-def env(tf_config: dict | None = None) -> dict:
-  """Environment for a CLI subprocess (one CPU device, quiet TF)."""
+# What a TensorFlow worker prints when another process took its port between
+# `free_ports` and the worker's bind (TF's gRPC server cannot share a reserved
+# port, so the race cannot be closed by holding the port).
+PORT_TAKEN = ("Could not start gRPC server", "Address already in use")
+
+
+def run_workers(
+  name: str, worker_args: list[list[str]], timeout: float = 240, attempts: int = 3
+) -> tuple[list[subprocess.Popen], list[str]]:
+  """Runs one CLI process per worker under MultiWorkerMirroredStrategy on localhost.
+
+  Each worker i gets `worker_args[i]` and a TF_CONFIG for a cluster on fresh
+  ports. If a worker could not bind its port (another process took it after
+  `free_ports`), the whole group is run again on new ports; any other outcome
+  is returned as is.
+
+  Returns:
+    (processes, their combined stdout/stderr), after all have exited.
+  """
+  for _ in range(attempts):
+    cluster = {"worker": [f"localhost:{p}" for p in free_ports(len(worker_args))]}
+    procs = [
+      cli(name, args, {"cluster": cluster, "task": {"type": "worker", "index": i}})
+      for i, args in enumerate(worker_args)
+    ]
+    logs = [p.communicate(timeout=timeout)[0] for p in procs]
+    if not any(marker in log for log in logs for marker in PORT_TAKEN):
+      return procs, logs
+  raise RuntimeError(
+    f"workers could not bind free ports in {attempts} attempts:\n{logs[0][-2000:]}"
+  )
+
+
+def env(tf_config: dict | None = None, extra: dict | None = None) -> dict:
+  """Environment for a CLI subprocess (one CPU device, quiet TF, plus `extra`)."""
   e = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="", PYTHONPATH=ROOT)
   e.pop("TF_CONFIG", None)
+  e.pop("REMEDIS_TRAIN_FAULT", None)
   if tf_config is not None:
     e["TF_CONFIG"] = json.dumps(tf_config)
+  e.update(extra or {})
   return e
 
 
-def cli(name: str, args: list[str], tf_config: dict | None = None, **kwargs) -> subprocess.Popen:
+def cli(
+  name: str,
+  args: list[str],
+  tf_config: dict | None = None,
+  extra_env: dict | None = None,
+  **kwargs,
+) -> subprocess.Popen:
   """Starts a console script (remedis-pretrain ...) from the venv."""
   return subprocess.Popen(
     [os.path.join(BIN, name), *args],
-    env=env(tf_config),
+    env=env(tf_config, extra_env),
     stdout=subprocess.PIPE,
     stderr=subprocess.STDOUT,
     text=True,

@@ -11,6 +11,8 @@ a stop request.
 from __future__ import annotations
 
 import dataclasses
+import os
+import signal
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -24,6 +26,46 @@ from remedis_tf.train.preemption import PreemptionWatcher
 from remedis_tf.train.progress import Progress, write_scalars
 
 ReplicaStep = Callable[[Any], Mapping[str, tf.Tensor]]
+
+# Testing aid: "<kill|term|int>@<step>[:<task>]" makes this process send itself
+# SIGKILL, SIGTERM or SIGINT once the global step reaches <step> (after that
+# step's checkpoint, if one is due), optionally only in tasks of kind <task>
+# ('pretrain', 'finetune'). Tests use it to interrupt a job at a known point
+# instead of racing a timer.
+FAULT_ENV = "REMEDIS_TRAIN_FAULT"
+_FAULT_SIGNALS = {"kill": signal.SIGKILL, "term": signal.SIGTERM, "int": signal.SIGINT}
+
+
+@dataclasses.dataclass(frozen=True)
+class Fault:
+  """A signal this process sends itself at a step (from FAULT_ENV)."""
+
+  signum: int
+  step: int
+
+  @classmethod
+  def from_env(cls, task: str) -> Fault | None:
+    """The fault FAULT_ENV asks for in a task of kind `task`, or None.
+
+    Raises:
+      ValueError: a malformed FAULT_ENV value.
+    """
+    spec = os.environ.get(FAULT_ENV, "")
+    if not spec:
+      return None
+    action, _, rest = spec.partition("@")
+    step, _, only = rest.partition(":")
+    if action not in _FAULT_SIGNALS or not step.isdigit():
+      raise ValueError(f"{FAULT_ENV}={spec!r}: expected <kill|term|int>@<step>[:<task>]")
+    if only and only != task:
+      return None
+    return cls(_FAULT_SIGNALS[action], int(step))
+
+  def maybe_fire(self, previous: int, current: int) -> None:
+    """Sends the signal when `self.step` lies in (previous, current]."""
+    if previous < self.step <= current:
+      logging.warning("%s: sending signal %d at step %d.", FAULT_ENV, self.signum, current)
+      os.kill(os.getpid(), self.signum)
 
 
 @dataclasses.dataclass
@@ -162,6 +204,7 @@ def run_loop(
   summary_every_steps: int = 10,
   learning_rate: Callable[[int], float] | None = None,
   watcher: PreemptionWatcher | None = None,
+  fault: Fault | None = None,
 ) -> LoopResult:
   """Trains from `step` to `total_steps` (see the module docstring).
 
@@ -182,6 +225,7 @@ def run_loop(
     summary_every_steps: TensorBoard period.
     learning_rate: step -> learning rate, for summaries.
     watcher: stop requests (SIGTERM); None never stops early.
+    fault: a testing aid (see `Fault`); None in normal runs.
 
   Returns:
     A LoopResult.
@@ -224,6 +268,8 @@ def run_loop(
       break
     if _crossed(checkpoint_steps, previous, current) and current < total_steps:
       saved, saved_step = checkpointer.save(current), current
+    if fault is not None:
+      fault.maybe_fire(previous, current)
   # The same decision on every worker (saving is collective).
   if current > saved_step:
     saved = checkpointer.save(current)

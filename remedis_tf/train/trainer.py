@@ -335,6 +335,7 @@ def train(task: Task, watcher: PreemptionWatcher | None = None) -> dict[str, Any
         summary_every_steps=config.summary_every_steps,
         learning_rate=task.learning_rate,
         watcher=watcher,
+        fault=loop.Fault.from_env(task.kind.value),
       )
     finally:
       if own_watcher:
