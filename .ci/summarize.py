@@ -56,8 +56,9 @@ def main() -> int:
     if ORDER[outcome] >= ORDER[union.get(key, "passed")]:
       union[key] = outcome
   both = len(set(py) & set(bz))
-  print("pytest (make test: the whole suite): %d passed, %d failed, %d skipped" % counts(py))
-  print("bazel test //... (the fast unit tests): %d passed, %d failed, %d skipped" % counts(bz))
+  line = "{} passed, {} failed, {} skipped"
+  print("pytest (make test: the whole suite): " + line.format(*counts(py)))
+  print("bazel test //... (the fast unit tests): " + line.format(*counts(bz)))
   print(f"{both} tests ran under both runners and are counted once below.")
   passed, failed, skipped = counts(union)
   for path in missing:
