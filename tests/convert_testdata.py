@@ -10,6 +10,7 @@ import glob
 import io
 import os
 import random
+import warnings
 
 import numpy as np
 import pydicom
@@ -348,7 +349,10 @@ def raw_palette_reference(path: str) -> np.ndarray:
   """
   with open(path, "rb") as f:
     data = f.read()
-  ds = pydicom.dcmread(path, force=True)
+  with warnings.catch_warnings():  # bare datasets: "found implicit VR"
+    warnings.simplefilter("ignore")
+    ds = pydicom.dcmread(path, force=True)
+    pixel_ds = pydicom.dcmread(path, force=True)
   meta = getattr(ds, "file_meta", None)
   uid = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
   if uid:
@@ -357,7 +361,6 @@ def raw_palette_reference(path: str) -> np.ndarray:
     order = "<" if data[:2] == b"\x08\x00" else ">"
   signed = ds.get_item(0x00280103) is not None and ds.PixelRepresentation == 1
   channels = []
-  pixel_ds = pydicom.dcmread(path, force=True)
   if not uid:
     pixel_ds.file_meta = FileMetaDataset()
     pixel_ds.file_meta.TransferSyntaxUID = (
