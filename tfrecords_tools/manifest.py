@@ -31,8 +31,6 @@ FAILURE_REASONS = (
   "unsupported_transfer_syntax",
   "unsupported_image",
   "empty_image",
-  "conversion_error",
-  "error",
 )
 # Reasons that are reported but did not stop a record from being written, or
 # concern the labels CSV rather than an image.
