@@ -22,6 +22,7 @@ from remedis_tf.data import (
   seeds,
   synthetic,
 )
+from remedis_tf.errors import ConfigError, InputDataError
 from tfrecords_tools import schema
 
 # (patient, study) of each image; image n has source id f"img-{n}".
@@ -320,19 +321,19 @@ def test_default_augment_stream_is_unchanged(tmp_path):
 def test_bad_arguments_get_clear_errors(tmp_path):
   files = _write_fixture(tmp_path)
   make = lambda **kw: make_pretrain_dataset(files, batch_size=2, image_size=4, **kw)
-  with pytest.raises(ValueError, match="positive_pairs"):
+  with pytest.raises(ConfigError, match="positive_pairs"):
     make(positive_pairs="simclr")
-  with pytest.raises(ValueError, match="micle_group"):
+  with pytest.raises(ConfigError, match="micle_group"):
     make(positive_pairs="micle", micle_group="series")
   study = micle.build_index(files, group="study")
-  with pytest.raises(ValueError, match="MICLe index was built for"):
+  with pytest.raises(ConfigError, match="MICLe index was built for"):
     make(positive_pairs="micle", micle_group="patient", micle_index=study)
-  with pytest.raises(ValueError, match="store"):
+  with pytest.raises(ConfigError, match="store"):
     micle.build_index(files, store="ssd")
-  with pytest.raises(ValueError, match="memory_limit_bytes=100"):
+  with pytest.raises(ConfigError, match="memory_limit_bytes=100"):
     micle.build_index(files, store="memory", memory_limit_bytes=100)
   assert micle.build_index(files, memory_limit_bytes=100).stats.store == "disk"
-  with pytest.raises(ValueError, match="no records"):
+  with pytest.raises(InputDataError, match="no records"):
     micle.build_index(files, split="test")
 
 

@@ -28,7 +28,7 @@ import tensorflow as tf
 from remedis_tf.data import augment, seeds
 from remedis_tf.data.manifest import read_manifest
 from remedis_tf.data.presets import AugmentConfig, get_preset
-from remedis_tf.errors import InputNotFoundError
+from remedis_tf.errors import ConfigError, InputNotFoundError
 from tfrecords_tools import schema
 
 if TYPE_CHECKING:
@@ -367,11 +367,11 @@ def make_pretrain_dataset(
     and 'fallback' (B,) bool (view2 is of the anchor itself).
 
   Raises:
-    ValueError: an unknown `positive_pairs` or `micle_group`, or a
-      `micle_index` built for other files or filters.
+    ConfigError (a ValueError): an unknown `positive_pairs` or
+      `micle_group`, or a `micle_index` built for other files or filters.
   """
   if positive_pairs not in POSITIVE_PAIRS:
-    raise ValueError(f"positive_pairs must be one of {POSITIVE_PAIRS}, got {positive_pairs!r}")
+    raise ConfigError(f"positive_pairs must be one of {POSITIVE_PAIRS}, got {positive_pairs!r}")
   config = get_preset(preset)
   base = seeds.make_seed(seed)
   if positive_pairs == "micle":
@@ -379,7 +379,7 @@ def make_pretrain_dataset(
     from remedis_tf.data import micle as micle_lib
 
     if micle_group not in micle_lib.GROUPS:
-      raise ValueError(f"micle_group must be one of {micle_lib.GROUPS}, got {micle_group!r}")
+      raise ConfigError(f"micle_group must be one of {micle_lib.GROUPS}, got {micle_group!r}")
     if micle_index is None:
       micle_index = micle_lib.build_index(files, group=micle_group, split=split, site=site)
     micle_index.check_matches(

@@ -62,6 +62,7 @@ import tensorflow as tf
 from absl import logging
 
 from remedis_tf.data import input_pipeline, seeds
+from remedis_tf.errors import ConfigError, InputDataError
 from tfrecords_tools import schema
 
 GROUPS = ("patient", "study")
@@ -107,7 +108,7 @@ def as_tuple(value: str | Sequence[str] | None) -> tuple[str, ...] | None:
 
 def _check_group(group: str) -> str:
   if group not in GROUPS:
-    raise ValueError(f"micle_group must be one of {GROUPS}, got {group!r}")
+    raise ConfigError(f"micle_group must be one of {GROUPS}, got {group!r}")
   return group
 
 
@@ -186,7 +187,9 @@ def _scan(
       last_report = time.monotonic()
   out = {name: np.concatenate(parts) for name, parts in chunks.items()}
   if not chunks or not len(out["key"]):
-    raise ValueError(f"no records of {list(paths)} pass the filters split={splits}, site={sites}")
+    raise InputDataError(
+      f"no records of {list(paths)} pass the filters split={splits}, site={sites}"
+    )
   out["group"] = out["group"].astype(bytes)  # object array of bytes -> fixed-width "S"
   return out
 
@@ -264,7 +267,7 @@ class MicleIndex:
 
     lookup = scan["lookup"][rows]
     if len(np.unique(lookup)) != len(rows):
-      raise ValueError(
+      raise RuntimeError(
         "two distinct images of the MICLe index share a 63-bit lookup hash (chance about "
         f"n^2 / 2^64 for n = {len(rows)}); please report this"
       )
@@ -292,7 +295,7 @@ class MicleIndex:
     if store == "auto":
       store = "memory" if store_bytes <= memory_limit_bytes else "disk"
     elif store == "memory" and store_bytes > memory_limit_bytes:
-      raise ValueError(
+      raise ConfigError(
         f"the MICLe memory store needs {store_bytes} bytes of encoded images, more than "
         f"memory_limit_bytes={memory_limit_bytes}; raise the limit or use store='disk'"
       )
@@ -357,7 +360,7 @@ class MicleIndex:
     for batch_rows, batch_bytes in ds:
       table.insert(batch_rows, batch_bytes)
     if int(table.size()) != len(partner_rows):
-      raise ValueError(
+      raise InputDataError(
         f"MICLe index: read {int(table.size())} of {len(partner_rows)} partner images; "
         f"the files {list(self.paths)} changed while the index was built"
       )
@@ -370,11 +373,11 @@ class MicleIndex:
     split: tuple[str, ...] | None,
     site: tuple[str, ...] | None,
   ) -> None:
-    """Raises ValueError unless the index was built for these files and filters."""
+    """Raises ConfigError (a ValueError) unless the index was built for these files and filters."""
     want = (tuple(paths), group, split, site)
     have = (self.paths, self.group, self.split, self.site)
     if want != have:
-      raise ValueError(
+      raise ConfigError(
         "the MICLe index was built for (files, group, split, site) = "
         f"{have}, not {want}; build it with the pipeline's arguments"
       )
@@ -472,14 +475,16 @@ def build_index(
     The index; `index.stats` and `index.summary()` say what it found.
 
   Raises:
-    ValueError: unknown group or store, or a memory store over the limit.
-    FileNotFoundError: no file matches.
+    ConfigError (a ValueError): unknown group or store, or a memory store
+      over the limit.
+    InputDataError (a ValueError): no record passes the filters.
+    InputNotFoundError (a FileNotFoundError): no file matches.
   """
   _check_group(group)
   if store not in STORES:
-    raise ValueError(f"store must be one of {STORES}, got {store!r}")
+    raise ConfigError(f"store must be one of {STORES}, got {store!r}")
   if memory_limit_bytes < 0:
-    raise ValueError(f"memory_limit_bytes must be >= 0, got {memory_limit_bytes}")
+    raise ConfigError(f"memory_limit_bytes must be >= 0, got {memory_limit_bytes}")
   paths = tuple(input_pipeline.list_files(files))
   splits, sites = as_tuple(split), as_tuple(site)
   start = time.monotonic()
