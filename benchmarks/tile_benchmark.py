@@ -51,6 +51,12 @@ def _make_slides(data_dir: str, num_slides: int, size: int, mpp: float) -> list[
   return sorted(glob.glob(os.path.join(folder, "*.tif")))
 
 
+def _cpu() -> float:
+  """CPU seconds of this process and its waited-for children."""
+  t = os.times()
+  return t.user + t.system + t.children_user + t.children_system
+
+
 def _kept_patches(output_dir: str) -> list[tuple[int, int, int, int]]:
   """(slide index, x, y, level) of every written patch, from the shards."""
   import json
@@ -130,24 +136,25 @@ def main() -> None:
   paths = _make_slides(args.data_dir, args.num_slides, args.size, args.slide_mpp)
   folder = os.path.dirname(paths[0])
   policy = tiling.PatchPolicy(patch_size=224, target_mpp=0.5, stride=args.stride or None)
-  walls, counts = {}, {}
+  walls, cpus, counts = {}, {}, {}
   for workers in (1, 2):
     out = os.path.join(args.data_dir, f"out_{workers}")
     shutil.rmtree(out, ignore_errors=True)
     config = tile.TileConfig(
       input_path=folder, output_dir=out, policy=policy, salt="bench", num_workers=workers
     )
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), _cpu()
     manifest = tile.tile(config)
-    walls[workers] = time.perf_counter() - t0
+    walls[workers], cpus[workers] = time.perf_counter() - t0, _cpu() - c0
     counts[workers] = manifest["counts"]["records"]
   patches = _kept_patches(os.path.join(args.data_dir, "out_1"))
   assert len(patches) == counts[1] == counts[2]
   read = round(224 * 0.5 / args.slide_mpp)
-  plain = _plain_loop(
-    paths, patches, read, 224, os.path.join(args.data_dir, "plain.tfrecord"), None
-  )
-  plain1 = _plain_loop(paths, patches, read, 224, os.path.join(args.data_dir, "plain1.tfrecord"), 1)
+  c0 = _cpu()
+  plain = _plain_loop(paths, patches, read, 224, os.path.join(args.data_dir, "p.tfrecord"), None)
+  c1 = _cpu()
+  plain1 = _plain_loop(paths, patches, read, 224, os.path.join(args.data_dir, "p1.tfrecord"), 1)
+  cpu_plain, cpu_plain1 = c1 - c0, _cpu() - c1
 
   n = len(patches)
   rate = {k: n / v for k, v in walls.items()}
@@ -159,7 +166,16 @@ def main() -> None:
   print(f"ratio 1 worker / plain loop (target >= 1.5): {rate[1] / (n / plain):.2f}")
   print(f"ratio 1 worker / plain loop with level-1 PNG: {rate[1] / (n / plain1):.2f}")
   print(f"ratio 2 workers / 1 worker (target >= 1.8): {rate[2] / rate[1]:.2f}")
-  print(f"machine: {os.cpu_count()} CPUs visible; other processes may share them")
+  ms = 1000.0 / n
+  print(
+    f"CPU ms per patch (this process + its workers): plain {cpu_plain * ms:.1f}, "
+    f"plain level-1 PNG {cpu_plain1 * ms:.1f}, 1 worker {cpus[1] * ms:.1f}, "
+    f"2 workers {cpus[2] * ms:.1f} (includes starting the workers)"
+  )
+  print(
+    f"machine: {os.cpu_count()} CPUs visible, load average {os.getloadavg()[0]:.1f}; "
+    "with other processes sharing them, wall-clock ratios (2 workers most) are distorted"
+  )
 
 
 if __name__ == "__main__":
