@@ -316,3 +316,44 @@ def test_jpeg_patches(data):
     # Quality-90 4:4:4 JPEG of this texture keeps PSNR near 40 dB; a patch from a
     # wrong place scores below 15 dB. 30 dB separates the two with margin.
     assert psnr > 30.0, psnr
+
+
+def _cli(*args, cwd=ROOT):
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", REMEDIS_CONVERT_SALT="")
+  return subprocess.run(
+    [sys.executable, "-m", "tfrecords_tools.tile", *args],
+    cwd=cwd,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+
+
+def test_cli_lists_slides_and_rejects_bad_flags(data):
+  listed = _cli("--input", str(data["src"]), "--list_slides", "--salt", SALT)
+  assert listed.returncode == 0, listed.stderr
+  lines = [line.split("\t") for line in listed.stdout.strip().splitlines()]
+  assert [line[3] for line in lines] == sorted(NAMES.values())
+  assert lines[0][1] == hashing.keyed_hash(SALT.encode(), lines[0][3])
+  bad = _cli(
+    "--input", str(data["src"]), "--output_dir", str(data["root"] / "x"), "--split_fractions", "1,1"
+  )
+  assert bad.returncode == 2 and "--split_fractions" in bad.stderr
+  missing = _cli("--input", str(data["root"] / "nothing"), "--output_dir", str(data["root"] / "y"))
+  assert missing.returncode == 2 and "input not found" in missing.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_cli_tiles_a_slide(data):
+  out = data["root"] / "cli"
+  args = ["--input", str(data["src"] / NAMES["nompp"]), "--output_dir", str(out)]
+  args += ["--assume_mpp", "0.5", "--target_mpp", "1.0", "--patch_size", "64", "--salt", SALT]
+  done = _cli(*args)
+  assert done.returncode == 0, done.stderr[-2000:]
+  assert "slides 1: tiled 1" in done.stdout
+  manifest = json.load(open(out / "manifest.json"))
+  assert manifest["counts"]["records"] > 15 and manifest["slides"][0]["mpp_source"] == "assumed"
+  refused = _cli(*args[:-2])  # no salt given: a different run
+  assert refused.returncode == 2 and "different run" in refused.stderr

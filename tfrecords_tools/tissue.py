@@ -20,7 +20,6 @@ does not depend on which pyramid level the image came from.
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import numpy as np
 from scipy import ndimage
@@ -168,14 +167,3 @@ def detect_tissue(image: np.ndarray, mpp: float, config: TissueConfig) -> tuple[
     "tissue_fraction": float(tissue.mean()),
   }
   return tissue, info
-
-
-def mask_size_for(mpp: float, config: TissueConfig) -> dict[str, int]:
-  """The structuring sizes in pixels at `mpp` (reported in the manifest)."""
-  median = _pixels(config.median_um, mpp)
-  return {
-    "median_px": median + 1 - median % 2,
-    "close_px": _pixels(config.close_um, mpp),
-    "ink_margin_px": _pixels(config.ink_margin_um, mpp, minimum=0),
-    "min_tissue_area_px": int(math.ceil(config.min_tissue_area_um2 / (mpp * mpp))),
-  }
