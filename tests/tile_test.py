@@ -357,3 +357,13 @@ def test_cli_tiles_a_slide(data):
   assert manifest["counts"]["records"] > 15 and manifest["slides"][0]["mpp_source"] == "assumed"
   refused = _cli(*args[:-2])  # no salt given: a different run
   assert refused.returncode == 2 and "different run" in refused.stderr
+
+
+def test_error_texts_are_scrubbed_of_paths_and_names():
+  from tfrecords_tools.slide_reader import SOURCE_OPENSLIDE, SlideSource
+
+  source = SlideSource(SOURCE_OPENSLIDE, ("/data/site7/FAKEPHI-DOE.svs",), "site7/FAKEPHI-DOE.svs")
+  text = tile._scrub(
+    "cannot open /data/site7/FAKEPHI-DOE.svs (FAKEPHI-DOE.svs, FAKEPHI-DOE) in /data/site7", source
+  )
+  assert "FAKEPHI" not in text and "/data" not in text and text.count("<slide>") == 4
