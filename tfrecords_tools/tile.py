@@ -177,7 +177,11 @@ class Chunk:
 
 @dataclasses.dataclass(frozen=True)
 class Block:
-  """A worker task of phase 2: a few patches of a chunk."""
+  """A worker task of phase 2: patches [start, stop) of a slide, within one chunk.
+
+  `work` holds only these patches' coordinates and fractions, so a task stays
+  small however many patches the slide has.
+  """
 
   chunk: int
   work: SlideWork
@@ -432,11 +436,11 @@ def _open_cached(index: int):
   return slide
 
 
-def _read_images(work: SlideWork, start: int, stop: int, errors: list[dict]) -> list:
-  """Reads patches [start, stop) of a slide; a patch that fails reads as None."""
+def _read_images(work: SlideWork, errors: list[dict]) -> list:
+  """Reads the patches of `work`; a patch that fails reads as None."""
   job: Job = _WORKER["job"]  # type: ignore[assignment]
   size = job.config.policy.patch_size
-  level_coords = tiling.from_level0(work.coords[start:stop], work.plan.downsample)
+  level_coords = tiling.from_level0(work.coords, work.plan.downsample)
   try:
     return list(tiling.read_patches(_open_cached(work.index), work.plan, level_coords, size))
   except SlideError:
@@ -448,7 +452,7 @@ def _read_images(work: SlideWork, start: int, stop: int, errors: list[dict]) -> 
       images.append(next(tiling.read_patches(slide, work.plan, level_coords[k : k + 1], size)))
     except SlideError as e:
       _close_cached()
-      x, y = (int(v) for v in work.coords[start + k])
+      x, y = (int(v) for v in work.coords[k])
       errors.append(
         _error(
           work.index,
@@ -477,10 +481,10 @@ def tile_block(block: Block) -> tuple[list[tuple[bytes, str]], list[dict], dict[
   config, work = job.config, block.work
   errors: list[dict] = []
   t0 = time.perf_counter()
-  images = _read_images(work, block.start, block.stop, errors)
+  images = _read_images(work, errors)
   t1 = time.perf_counter()
   records = []
-  for k, image in zip(range(block.start, block.stop), images, strict=True):
+  for k, image in enumerate(images):
     if image is None:
       continue
     encoded = patch_example.encode_patch(
@@ -559,10 +563,14 @@ class ShardWriter:
 
 
 def _blocks(chunk: Chunk, work: SlideWork) -> list[Block]:
-  return [
-    Block(chunk.index, work, s, min(s + BLOCK_PATCHES, chunk.stop))
-    for s in range(chunk.start, chunk.stop, BLOCK_PATCHES)
-  ]
+  blocks = []
+  for start in range(chunk.start, chunk.stop, BLOCK_PATCHES):
+    stop = min(start + BLOCK_PATCHES, chunk.stop)
+    part = dataclasses.replace(
+      work, coords=work.coords[start:stop], fractions=work.fractions[start:stop]
+    )
+    blocks.append(Block(chunk.index, part, start, stop))
+  return blocks
 
 
 def tile_chunk(job: Job, chunk: Chunk, work: SlideWork, num_chunks: int) -> dict:
