@@ -98,6 +98,7 @@ def tiny_cli(tmp_path_factory):
   return proc, saved_model, saved_model + ".onnx"
 
 
+@pytest.mark.integration  # Runs remedis-export as a process.
 def test_cli_format_both_writes_savedmodel_and_onnx(tiny_cli):
   proc, saved_model, onnx_path = tiny_cli
   assert proc.returncode == 0, proc.stderr[-3000:]
@@ -132,6 +133,7 @@ def tiny_pair(tiny_cli):
   return tf.saved_model.load(saved_model), _session(onnx_path)
 
 
+@pytest.mark.integration  # Its files come from remedis-export run as a process.
 @pytest.mark.parametrize("size,batch", CASES)
 def test_bit_tiny_classifier_matches_savedmodel(tiny_pair, size, batch):
   obj, session = tiny_pair
@@ -235,6 +237,7 @@ def _check_against_numpy(module: PatchEncoder, onnx_path: str, shapes) -> None:
     assert _relative_to_max(got["embedding"], want.mean(axis=(1, 2))) <= RTOL_OF_MAX
 
 
+@pytest.mark.integration  # Runs remedis-export as a process.
 def test_cli_converts_release_convention_savedmodel(handmade, tmp_path):
   module, path = handmade
   onnx_path = str(tmp_path / "out" / "handmade.onnx")
@@ -259,6 +262,7 @@ def test_fixed_image_size_and_opset_18(handmade, tmp_path):
     _session(onnx_path).run(None, {"images": np.zeros((1, 96, 96, 3), np.float32)})
 
 
+@pytest.mark.integration  # Runs remedis-export as a process.
 def test_bad_inputs_are_named(tmp_path):
   missing = str(tmp_path / "nothing")
   with pytest.raises(FileNotFoundError, match="nothing"):
