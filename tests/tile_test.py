@@ -287,6 +287,11 @@ def test_resume_after_kill_writes_every_patch_once(data, run):
   assert 0 < done and sum(sizes[:done]) < 40
   assert len(glob.glob(str(killed / "*.tfrecord"))) == done
   assert glob.glob(str(killed / "*.tfrecord.tmp-*")) and not (killed / "manifest.json").exists()
+  # Even the interrupted state (work folder, markers, partial shards) names no slide.
+  for path in glob.glob(str(killed / "**" / "*"), recursive=True):
+    if os.path.isfile(path):
+      blob = open(path, "rb").read().lower()
+      assert b"tcga-ab" not in blob and b"fakephi" not in blob, path
   resumed = tile.tile(_config(data, killed))
   assert _shard_bytes(killed) == _shard_bytes(out)
   assert resumed["counts"] == manifest["counts"]
