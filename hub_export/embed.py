@@ -38,7 +38,7 @@ from absl import logging
 from hub_export import metadata as metadata_lib
 from remedis_tf.data import crops
 from remedis_tf.data.input_pipeline import list_files
-from remedis_tf.errors import ConfigError
+from remedis_tf.errors import ConfigError, InputDataError
 from remedis_tf.models import SavedModelEncoder
 from remedis_tf.models.outputs import EMBEDDING
 from tfrecords_tools import schema
@@ -66,7 +66,22 @@ _STRING_FIELDS = (
   "sop_instance_hash",
   "split",
   "site",
+  "slide_id_hash",
+  "case_id_hash",
 )
+# Fields of remedis-tile's patch records, carried into slide bags.
+PATCH_FIELDS = {
+  "slide_id_hash": schema.SLIDE_ID_HASH,
+  "case_id_hash": schema.CASE_ID_HASH,
+  "patch_x": schema.PATCH_X,
+  "patch_y": schema.PATCH_Y,
+  "patch_level": schema.PATCH_LEVEL,
+  "patch_mpp": schema.PATCH_MPP,
+  "tissue_fraction": schema.PATCH_TISSUE_FRACTION,
+}
+# Per-slide values of a bag: every patch of a slide must agree on them.
+BAG_ATTRIBUTES = ("patient_id_hash", "case_id_hash", "split", "site", "label", "multi_label")
+BAG_SUFFIXES = (".h5", ".hdf5")
 
 
 def default_image_size(model_path: str) -> int:
@@ -99,9 +114,15 @@ def _num_multi_labels(files: list[str]) -> int:
 
 
 def make_dataset(
-  files: list[str], image_size: int, batch_size: int, central_crop_fraction: float = 1.0
+  files: list[str],
+  image_size: int,
+  batch_size: int,
+  central_crop_fraction: float = 1.0,
+  patch_fields: bool = False,
 ) -> tf.data.Dataset:
   """Batches of {'image': (B, S, S, 3) float32 in [0, 1], field: (B, ...)}.
+
+  The fields are RECORD_FIELDS, plus PATCH_FIELDS when `patch_fields`.
 
   Images are decoded to 3 channels (grayscale repeated), cropped to their
   central `central_crop_fraction` of each side (`central_crop`; 1: no crop)
@@ -118,7 +139,8 @@ def make_dataset(
     ex = schema.parse_example(serialized, num_multi_labels=k)
     image = schema.decode_image(ex[schema.IMAGE_ENCODED], channels=3)
     image = crops.resize_whole(crops.central_box(image, central_crop_fraction), image_size)
-    out = {name: ex[key] for name, key in RECORD_FIELDS.items()}
+    fields = {**RECORD_FIELDS, **(PATCH_FIELDS if patch_fields else {})}
+    out = {name: ex[key] for name, key in fields.items()}
     out["image"] = image
     return out
 
@@ -145,6 +167,7 @@ def iterate_embeddings(
   batch_size: int = 32,
   log_every: int = 10,
   central_crop_fraction: float = 1.0,
+  patch_fields: bool = False,
 ) -> Iterator[dict[str, np.ndarray]]:
   """Yields batches {'embedding': (B, C), field: (B, ...)} as NumPy arrays.
 
@@ -152,7 +175,7 @@ def iterate_embeddings(
   every `log_every` batches.
   """
   embed = make_embed_fn(model_path)
-  dataset = make_dataset(files, image_size, batch_size, central_crop_fraction)
+  dataset = make_dataset(files, image_size, batch_size, central_crop_fraction, patch_fields)
   count, start = 0, time.perf_counter()
   for step, batch in enumerate(dataset, start=1):
     images = batch.pop("image")
@@ -223,6 +246,80 @@ def write_tfrecord(batches: Iterator[dict[str, np.ndarray]], output: str) -> int
   return count
 
 
+def write_bags(batches: Iterator[dict[str, np.ndarray]], output: str, **extra: Any) -> int:
+  """Streams patch embeddings into one HDF5 file with a bag (group) per slide.
+
+  Layout, for multiple-instance learning (as CLAM's per-slide h5 files):
+    /<slide_id_hash>/embedding  (n, C) float32, in record order
+    /<slide_id_hash>/coords     (n, 2) int64: x, y of the patch at level 0
+    /<slide_id_hash>/level, mpp, tissue_fraction   (n,) per patch
+    group attributes: patient_id_hash, case_id_hash, split, site, label,
+    multi_label (equal for every patch of the slide); file attributes:
+    `extra` (model, image size, crop) and num_bags.
+  Rows are appended as batches arrive, so memory stays one batch whatever the
+  number of patches. Written under a temporary name, then renamed.
+
+  Returns:
+    The number of bags (slides).
+
+  Raises:
+    InputDataError: a record without a slide id (not a remedis-tile patch), or
+      patches of one slide that disagree on a per-slide value.
+  """
+  import h5py  # Only slide bags need it.
+
+  tmp = f"{output}.tmp-{os.getpid()}"
+  with h5py.File(tmp, "w") as f:
+    for batch in batches:
+      slides = _decode_strings(batch["slide_id_hash"])
+      if np.any(slides == ""):
+        raise InputDataError(
+          "Slide bags need patch records from remedis-tile (image/slide id); "
+          f"found a record without one (source_id {_decode_strings(batch['source_id'][:1])[0]})."
+        )
+      for slide in dict.fromkeys(slides.tolist()):
+        rows = slides == slide
+        values = {
+          "embedding": batch[EMBEDDING_KEY][rows].astype(np.float32),
+          "coords": np.stack([batch["patch_x"][rows], batch["patch_y"][rows]], 1),
+          "level": batch["patch_level"][rows],
+          "mpp": batch["patch_mpp"][rows].astype(np.float32),
+          "tissue_fraction": batch["tissue_fraction"][rows].astype(np.float32),
+        }
+        attributes = {}
+        for name in BAG_ATTRIBUTES:
+          column = batch[name][rows]
+          if name in _STRING_FIELDS:
+            column = _decode_strings(column)
+          if np.any(column != column[:1]):
+            raise InputDataError(f"Patches of slide {slide} disagree on {name}.")
+          attributes[name] = str(column[0]) if name in _STRING_FIELDS else column[0]
+        _append_bag(f, slide, values, attributes)
+    f.attrs["num_bags"] = len(f)
+    for name, value in extra.items():
+      f.attrs[name] = value
+    count = len(f)
+  os.replace(tmp, output)
+  return count
+
+
+def _append_bag(f: Any, slide: str, values: dict[str, np.ndarray], attributes: dict) -> None:
+  """Appends rows to the datasets of group `slide`, creating it at its first rows."""
+  if slide not in f:
+    group = f.create_group(slide)
+    for name, value in values.items():
+      group.create_dataset(name, data=value, maxshape=(None, *value.shape[1:]), chunks=True)
+    for name, value in attributes.items():
+      group.attrs[name] = value
+    return
+  group = f[slide]
+  for name, value in values.items():
+    dataset = group[name]
+    start = dataset.shape[0]
+    dataset.resize(start + value.shape[0], axis=0)
+    dataset[start:] = value
+
+
 def parse_embedding_example(
   serialized: tf.Tensor, dim: int, num_multi_labels: int
 ) -> dict[str, tf.Tensor]:
@@ -259,7 +356,9 @@ def embed_dataset(
   Args:
     model_path: SavedModel directory in the PhysioNet calling convention.
     data: glob of TFRecord files (tfrecords_tools.schema records).
-    output: ".npz", or ".tfrecord"/".tfrecords" to stream a TFRecord.
+    output: ".npz"; ".tfrecord"/".tfrecords" to stream a TFRecord; ".h5" /
+      ".hdf5" for one bag of patch embeddings per slide (`write_bags`;
+      records from remedis-tile).
     image_size: side S images are resized to; None uses `default_image_size`.
     batch_size: images per forward pass.
     log_every: progress log period in batches.
@@ -267,7 +366,7 @@ def embed_dataset(
       side before resizing, in (0, 1]; 1 keeps the whole image.
 
   Returns:
-    Number of records written.
+    Number of records written (of bags, for an HDF5 output).
 
   Raises:
     InputNotFoundError: no files match `data`.
@@ -285,9 +384,18 @@ def embed_dataset(
     image_size,
     central_crop_fraction,
   )
+  bags = output.endswith(BAG_SUFFIXES)
   batches = iterate_embeddings(
-    model_path, files, image_size, batch_size, log_every, central_crop_fraction
+    model_path, files, image_size, batch_size, log_every, central_crop_fraction, patch_fields=bags
   )
+  if bags:
+    return write_bags(
+      batches,
+      output,
+      model=model_path,
+      image_size=image_size,
+      central_crop_fraction=central_crop_fraction,
+    )
   if output.endswith(".npz"):
     return write_npz(
       batches,
@@ -298,4 +406,4 @@ def embed_dataset(
     )
   if output.endswith((".tfrecord", ".tfrecords")):
     return write_tfrecord(batches, output)
-  raise ConfigError(f"--output must end with .npz, .tfrecord or .tfrecords: {output!r}")
+  raise ConfigError(f"--output must end with .npz, .tfrecord(s) or .h5/.hdf5: {output!r}")

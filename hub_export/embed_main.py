@@ -28,7 +28,11 @@ from remedis_tf.train import cli_util
 _MODEL = flags.DEFINE_string("model", None, "SavedModel directory.", required=True)
 _DATA = flags.DEFINE_string("data", None, "Glob of TFRecord files.", required=True)
 _OUTPUT = flags.DEFINE_string(
-  "output", None, "Output file: .npz, or .tfrecord / .tfrecords.", required=True
+  "output",
+  None,
+  "Output file: .npz; .tfrecord / .tfrecords (streamed); .h5 / .hdf5: one bag of patch "
+  "embeddings per slide (records from remedis-tile), for multiple-instance learning.",
+  required=True,
 )
 _IMAGE_SIZE = flags.DEFINE_integer(
   "image_size",

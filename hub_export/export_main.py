@@ -6,32 +6,29 @@ r"""remedis-export: a training checkpoint -> TF-Hub SavedModel (PhysioNet format
 writes /exports/cxr-50x1-remedis-m. Without --name the SavedModel is written
 to --output_dir itself, named after its basename.
 
-Checkpoint contract (what the training loop must write):
-  * `tf.train.Checkpoint(encoder=model, ...)` saved by a
-    `tf.train.CheckpointManager` in `model_dir` (other objects such as the
-    optimizer or projection head may sit next to `encoder`; they are ignored);
-  * `model` built by `remedis_tf.models.build_encoder_by_name(encoder)`, its
-    outputs the `build_bit_encoder` dict, every variable reachable by
-    tf.train.Checkpoint (checked: the file must hold all of them);
-  * a fine-tuned classifier adds `head=keras.Sequential([keras.Input((C,)),
-    keras.layers.Dense(num_classes, name="logits")], name="head")` on the
-    embedding (as remedis_tf.train.finetune.build_head);
-  * optional `model_dir/config.json` with 'encoder' (e.g. "bit-r50x1") and,
-    for a fine-tuned classifier, 'num_classes', 'label_names' and
-    'label_mode' ("multiclass" or "multilabel", also accepted as
-    "multi_class"/"multi_label").
-Flags override config.json.
+The model is rebuilt from the model_dir with `remedis_tf.train.run_dir
+.restore_model` (the model_dir contract is documented there): the encoder
+named by config.json (or, for a model fine-tuned from a SavedModel, rebuilt
+from that SavedModel, --saved_model_path if it moved) and, for a fine-tuned
+classifier, its head. A checkpoint without config.json needs --encoder (and
+--num_classes for a head). Metadata comes from the export name, config.json
+and, for a SavedModel-based model, the source's `assets/remedis.json`; flags
+override them. Exit status 2: a user error (one line, no traceback).
 
-A model fine-tuned from a SavedModel (remedis-finetune --init_from=SAVED_MODEL;
-config.json: 'encoder': "saved_model", 'saved_model_path') is rebuilt with
-`hub_export.load.load_encoder` from that SavedModel (or --saved_model_path,
-if it moved), then its fine-tuned encoder and head are restored from the
-checkpoint. Its metadata starts from the source's `assets/remedis.json`
-(architecture, depth, width, modality, objective, ...) when present.
+--format onnx|both also writes the model as ONNX (hub_export.onnx_export; needs
+the `onnx` extra), converted from the SavedModel: --onnx_path, default the
+SavedModel's path + ".onnx". Any existing SavedModel in the PhysioNet
+convention (ours or the release's) is converted with
+
+  remedis-export --saved_model /models/cxr-50x1-remedis-m --format onnx \
+      [--onnx_path /exports/cxr-50x1-remedis-m.onnx] [--onnx_opset 17]
 """
 
 from __future__ import annotations
 
+from remedis_tf import cpu_setup  # noqa: F401  (oneDNN default, before TensorFlow)
+
+# isort: split
 import json
 import os
 from typing import Any
@@ -40,14 +37,15 @@ import keras
 import tensorflow as tf
 from absl import app, flags, logging
 
-from hub_export import export, load
+from hub_export import export, onnx_export
 from hub_export import metadata as metadata_lib
 from remedis_tf import models
+from remedis_tf.errors import InputNotFoundError, UserError
+from remedis_tf.models.outputs import FEATURE_MAP
+from remedis_tf.train import cli_util, run_dir
+from tfrecords_tools.schema import LabelMode
 
-CONFIG_FILENAME = "config.json"
 DEFAULT_ENCODER = "bit-r50x1"
-# config.json 'encoder' of a model fine-tuned from a SavedModel (remedis_tf.train.finetune).
-SAVED_MODEL_ENCODER = "saved_model"
 # Metadata fields a re-export takes over from its source SavedModel's assets/remedis.json.
 SOURCE_METADATA_FIELDS = (
   "architecture",
@@ -84,7 +82,7 @@ _LABEL_NAMES = flags.DEFINE_list(
   "label_names", None, "Class names; exporting them adds the classifier signature."
 )
 _LABEL_MODE = flags.DEFINE_enum(
-  "label_mode", None, ["multiclass", "multilabel"], "Softmax or sigmoid probabilities."
+  "label_mode", None, [m.value for m in LabelMode], "Softmax or sigmoid probabilities."
 )
 _SAVED_MODEL_PATH = flags.DEFINE_string(
   "saved_model_path",
@@ -100,57 +98,24 @@ _OBJECTIVE = flags.DEFINE_string("objective", None, "Metadata: pretraining objec
 _TRAINING_DATA = flags.DEFINE_string(
   "training_data", None, "Metadata: description of the pretraining data."
 )
-
-
-def _checkpoint_and_dir(model_dir_or_ckpt: str) -> tuple[str, str]:
-  """Returns (checkpoint prefix, directory holding it and config.json)."""
-  if tf.io.gfile.isdir(model_dir_or_ckpt):
-    ckpt = tf.train.latest_checkpoint(model_dir_or_ckpt)
-    if ckpt is None:
-      raise FileNotFoundError(f"No checkpoint in {model_dir_or_ckpt}.")
-    return ckpt, model_dir_or_ckpt
-  if not tf.io.gfile.glob(model_dir_or_ckpt + ".index"):
-    raise FileNotFoundError(f"No checkpoint at {model_dir_or_ckpt}.")
-  return model_dir_or_ckpt, os.path.dirname(model_dir_or_ckpt)
-
-
-def read_config(model_dir: str) -> dict[str, Any]:
-  """Returns `model_dir/config.json` as a dict ({} when absent)."""
-  path = os.path.join(model_dir, CONFIG_FILENAME)
-  if not tf.io.gfile.exists(path):
-    return {}
-  with tf.io.gfile.GFile(path) as f:
-    return json.load(f)
-
-
-def saved_model_source(
-  model_dir: str, config: dict[str, Any], saved_model_path: str | None = None
-) -> str:
-  """Path of the SavedModel a model in `model_dir` was fine-tuned from.
-
-  Args:
-    model_dir: directory of config.json (named in errors).
-    config: its contents.
-    saved_model_path: overrides config.json's 'saved_model_path'.
-
-  Raises:
-    ValueError: no path given and none in config.json.
-    FileNotFoundError: no SavedModel (saved_model.pb) at the path.
-  """
-  config_path = os.path.join(model_dir, CONFIG_FILENAME)
-  path = saved_model_path or config.get("saved_model_path")
-  if not path:
-    raise ValueError(
-      f"{config_path} says the encoder is a SavedModel but gives no 'saved_model_path'; "
-      "pass --saved_model_path."
-    )
-  if not tf.io.gfile.exists(os.path.join(path, "saved_model.pb")):
-    raise FileNotFoundError(
-      f"No SavedModel at {path!r} (no saved_model.pb), the fine-tuning start named by "
-      f"{'--saved_model_path' if saved_model_path else config_path}; its encoder is needed to "
-      "rebuild the fine-tuned model. Pass --saved_model_path with a copy of it."
-    )
-  return path
+_FORMAT = flags.DEFINE_enum(
+  "format",
+  onnx_export.ExportFormat.SAVEDMODEL.value,
+  [f.value for f in onnx_export.ExportFormat],
+  "What to write: the SavedModel, an ONNX file converted from it, or both.",
+)
+_SAVED_MODEL = flags.DEFINE_string(
+  "saved_model",
+  None,
+  "An existing SavedModel (ours or PhysioNet's) to convert to ONNX, instead of "
+  "--model_dir/--checkpoint; needs --format onnx.",
+)
+_ONNX_PATH = flags.DEFINE_string(
+  "onnx_path", None, "The .onnx file to write; default: the SavedModel's path + '.onnx'."
+)
+_ONNX_OPSET = flags.DEFINE_integer(
+  "onnx_opset", onnx_export.DEFAULT_OPSET, "ONNX opset of the exported graph (13 to 18)."
+)
 
 
 def read_source_metadata(saved_model_path: str) -> dict[str, Any]:
@@ -173,104 +138,36 @@ def read_source_metadata(saved_model_path: str) -> dict[str, Any]:
   return {k: data[k] for k in SOURCE_METADATA_FIELDS if data.get(k) not in (None, "")}
 
 
-def unreachable_variables(root: tf.train.Checkpoint, model: keras.Model) -> list[str]:
-  """Paths of `model` variables that tf.train.Checkpoint cannot reach from `root`.
-
-  Such variables are neither saved nor restored through the object graph
-  (e.g. Keras 3 layers kept in plain Python lists).
-  """
-  reachable = {id(t) for t in tf.train.TrackableView(root).descendants()}
-  return [
-    v.path for v in model.variables if id(v) not in reachable and id(v.value) not in reachable
-  ]
-
-
-def build_head(embedding_dim: int, num_classes: int) -> keras.Model:
-  """The fine-tuning head as remedis_tf.train.finetune saves it (key 'head')."""
-  return keras.Sequential(
-    [
-      keras.Input((embedding_dim,)),
-      keras.layers.Dense(num_classes, kernel_initializer="zeros", name="logits"),
-    ],
-    name="head",
-  )
-
-
 def restore_encoder_from_checkpoint(
   model_dir_or_ckpt: str,
   encoder_name: str | None = None,
   num_classes: int | None = None,
   saved_model_path: str | None = None,
 ) -> keras.Model:
-  """Builds the encoder (and head) and restores them from a training checkpoint.
+  """The model to export: encoder (and classifier) of a training checkpoint.
 
   Args:
-    model_dir_or_ckpt: a CheckpointManager directory (latest checkpoint) or a
-      checkpoint prefix.
-    encoder_name: e.g. "bit-r50x1", or SAVED_MODEL_ENCODER for a model
-      fine-tuned from a SavedModel; None reads 'encoder' from config.json
-      next to the checkpoint, else DEFAULT_ENCODER.
-    num_classes: size of the fine-tuning head saved under 'head'; None reads
-      'num_classes' from config.json (no head when absent).
-    saved_model_path: for SAVED_MODEL_ENCODER, the SavedModel the encoder is
-      rebuilt from; None reads 'saved_model_path' from config.json.
+    model_dir_or_ckpt: a model_dir (its newest checkpoint) or a checkpoint prefix.
+    encoder_name: encoder name when there is no config.json, or to override it.
+    num_classes: head size when there is no config.json.
+    saved_model_path: where the SavedModel of a SavedModel-based model is now.
 
   Returns:
-    The `build_encoder_by_name` model (or `load.load_encoder` model, any
-    input size) with restored weights; with a head, a model returning its
-    dict plus 'logits' (N, num_classes).
+    The encoder (any input size, trainable, as exports are), or with a head a
+    model returning its dict plus 'logits' (N, num_classes).
 
   Raises:
-    FileNotFoundError: no checkpoint, or the source SavedModel is gone.
-    AssertionError: an object of the encoder or head is missing from the file.
-    ValueError: some encoder variables are not reachable by tf.train.Checkpoint,
-      so no checkpoint can hold them; or a BiT encoder is asked for a model
-      config.json says was fine-tuned from a SavedModel.
+    remedis_tf.errors.UserError: see `run_dir.restore_model`.
   """
-  ckpt, model_dir = _checkpoint_and_dir(model_dir_or_ckpt)
-  config = read_config(model_dir)
-  encoder_name = encoder_name or config.get("encoder") or DEFAULT_ENCODER
-  if num_classes is None:
-    num_classes = config.get("num_classes")
-  from_saved_model = config.get("encoder_source") == SAVED_MODEL_ENCODER
-  if from_saved_model and encoder_name != SAVED_MODEL_ENCODER:
-    raise ValueError(
-      f"{os.path.join(model_dir, CONFIG_FILENAME)}: the model was fine-tuned from the "
-      f"SavedModel {config.get('saved_model_path')!r}, so its checkpoint holds no "
-      f"{encoder_name} encoder; drop --encoder."
-    )
-  if encoder_name == SAVED_MODEL_ENCODER:
-    source = saved_model_source(model_dir, config, saved_model_path)
-    # Any input size (the export convention); trainable so the export is too.
-    encoder = load.load_encoder(source, trainable=True, image_size=None)
-  else:
-    encoder = models.build_encoder_by_name(encoder_name)
-  items: dict[str, Any] = {"encoder": encoder}
-  if num_classes:
-    feature_dim = int(export.output_shapes(encoder)[export.FEATURE_MAP][-1])
-    items["head"] = build_head(feature_dim, num_classes)
-  root = tf.train.Checkpoint(**items)
-  missing = unreachable_variables(root, encoder)
-  if missing:
-    raise ValueError(
-      f"{len(missing)} of the {len(encoder.variables)} variables of {encoder_name} are not "
-      f"reachable by tf.train.Checkpoint (e.g. {missing[0]}), so a checkpoint cannot hold "
-      "them (Keras 3 sublayers kept in Python lists are not checkpoint dependencies)."
-    )
-  status = root.read(ckpt)
-  # Optimizer slots, projection heads etc. may be in the file: ignore them,
-  # but every object of the encoder (and head) must be there.
-  status.expect_partial().assert_existing_objects_matched()
-  logging.info("Restored %s from %s.", encoder_name, ckpt)
-  if not num_classes:
-    return encoder
-  outputs = dict(encoder.output)
-  outputs[export.LOGITS] = items["head"](outputs[export.EMBEDDING])
-  return keras.Model(encoder.input, outputs, name=encoder.name)
-
-
-def _normalized_label_mode(mode: str | None) -> str:
-  return {"multi_class": "multiclass", "multi_label": "multilabel"}.get(mode or "", mode or "")
+  restored = run_dir.restore_model(
+    model_dir_or_ckpt,
+    trainable=True,
+    image_size=None,
+    saved_model_path=saved_model_path,
+    encoder=encoder_name,
+    num_classes=num_classes,
+  )
+  return restored.classifier() if restored.head is not None else restored.encoder
 
 
 def build_metadata(
@@ -286,10 +183,9 @@ def build_metadata(
   Args:
     name: export name (a release name fills modality, depth, width, ...).
     model: the restored model (gives the feature dimension).
-    encoder_name: BiT encoder name (gives depth and width), or
-      SAVED_MODEL_ENCODER.
-    config: model_dir/config.json.
-    source_metadata: for SAVED_MODEL_ENCODER, `read_source_metadata` of the
+    encoder_name: BiT encoder name (gives depth and width), or 'saved_model'.
+    config: model_dir/config.json (as a dict).
+    source_metadata: for a SavedModel-based model, `read_source_metadata` of the
       source SavedModel; its fields win over the name, config.json and
       `overrides` over them.
     **overrides: ExportMetadata fields (None: not given).
@@ -298,56 +194,87 @@ def build_metadata(
     The metadata.
   """
   fields: dict[str, Any] = {}
-  if encoder_name == SAVED_MODEL_ENCODER:
+  if encoder_name == run_dir.EncoderSource.SAVED_MODEL:
     fields.update(source_metadata or {})
     depth, width = int(fields.pop("depth", 0) or 0), int(fields.pop("width", 0) or 0)
     if fields.get("architecture") == metadata_lib.ExportMetadata.architecture:
       del fields["architecture"]  # The generic default: let depth and width name it.
   else:
     depth, width, _ = models.parse_encoder_name(encoder_name)
-  feature_dim = int(export.output_shapes(model)[export.FEATURE_MAP][-1])
+  feature_dim = int(export.output_shapes(model)[FEATURE_MAP][-1])
   for key in ("modality", "objective", "training_data", "pretrain_image_size"):
     if config.get(key) is not None:
       fields[key] = config[key]
   if config.get("label_names"):
     fields["label_names"] = tuple(config["label_names"])
-    fields["label_mode"] = _normalized_label_mode(config.get("label_mode")) or "multiclass"
+    mode = config.get("label_mode")
+    fields["label_mode"] = (LabelMode.parse(mode) if mode else LabelMode.MULTI_CLASS).value
   fields.update({k: v for k, v in overrides.items() if v is not None})
   if "label_names" in fields:
     fields["label_names"] = tuple(fields["label_names"])
   return metadata_lib.metadata_for(name, feature_dim, depth=depth, width=width, **fields)
 
 
-def main(argv: list[str]) -> None:
+def main(argv: list[str]) -> int:
   del argv
   source = _CHECKPOINT.value or _MODEL_DIR.value
+  if _SAVED_MODEL.value:
+    return convert_saved_model_from_flags(source)
   if not source or not _OUTPUT_DIR.value:
     raise app.UsageError("Give --model_dir or --checkpoint, and --output_dir.")
-  _, model_dir = _checkpoint_and_dir(source)
-  config = read_config(model_dir)
   if _NAME.value:
     name, export_dir = _NAME.value, os.path.join(_OUTPUT_DIR.value, _NAME.value)
   else:
     export_dir = _OUTPUT_DIR.value
     name = os.path.basename(os.path.normpath(export_dir))
+  try:
+    export_from_flags(source, name, export_dir)
+  except UserError as e:
+    logging.error("%s: %s", type(e).__name__, e)
+    return cli_util.EXIT_USER_ERROR
+  return cli_util.EXIT_OK
+
+
+def convert_saved_model_from_flags(checkpoint_source: str | None) -> int:
+  """--saved_model: converts that SavedModel to ONNX; returns the exit status."""
+  if checkpoint_source or _FORMAT.value != onnx_export.ExportFormat.ONNX:
+    raise app.UsageError("--saved_model converts to ONNX: give --format onnx and no --model_dir.")
+  path = _SAVED_MODEL.value
+  try:
+    if not tf.io.gfile.exists(os.path.join(path, "saved_model.pb")):
+      raise InputNotFoundError(f"--saved_model {path}: no SavedModel there (no saved_model.pb).")
+    onnx_export.export_onnx(
+      path, _ONNX_PATH.value or onnx_export.default_onnx_path(path), opset=_ONNX_OPSET.value
+    )
+  except UserError as e:
+    logging.error("%s: %s", type(e).__name__, e)
+    return cli_util.EXIT_USER_ERROR
+  return cli_util.EXIT_OK
+
+
+def export_from_flags(source: str, name: str, export_dir: str) -> None:
+  """Restores the checkpoint `source` and exports it as `name` to `export_dir`."""
+  _, model_dir = run_dir.resolve_checkpoint(source)
+  run = run_dir.read_run_config(model_dir)
   release = metadata_lib.parse_release_name(name)
   from_name = f"bit-r{release['depth']}x{release['width']}" if release else None
-  encoder_name = _ENCODER.value or config.get("encoder") or from_name or DEFAULT_ENCODER
-  if from_name and encoder_name not in (from_name, SAVED_MODEL_ENCODER):
+  encoder_name = _ENCODER.value or (run.encoder if run else None) or from_name or DEFAULT_ENCODER
+  if from_name and encoder_name not in (from_name, run_dir.EncoderSource.SAVED_MODEL):
     logging.warning("Export name %s does not match encoder %s.", name, encoder_name)
   model = restore_encoder_from_checkpoint(
-    source, encoder_name, _NUM_CLASSES.value, saved_model_path=_SAVED_MODEL_PATH.value
+    source,
+    _ENCODER.value or (None if run else encoder_name),
+    _NUM_CLASSES.value,
+    saved_model_path=_SAVED_MODEL_PATH.value,
   )
   source_metadata = None
-  if encoder_name == SAVED_MODEL_ENCODER:
-    source_metadata = read_source_metadata(
-      saved_model_source(model_dir, config, _SAVED_MODEL_PATH.value)
-    )
+  if run is not None and run.encoder_source == run_dir.EncoderSource.SAVED_MODEL:
+    source_metadata = read_source_metadata(_SAVED_MODEL_PATH.value or run.saved_model_path)
   metadata = build_metadata(
     name,
     model,
     encoder_name,
-    config,
+    run.to_json() if run else {},
     source_metadata,
     modality=_MODALITY.value,
     pretrain_image_size=_PRETRAIN_IMAGE_SIZE.value,
@@ -357,12 +284,15 @@ def main(argv: list[str]) -> None:
     label_mode=_LABEL_MODE.value,
   )
   if metadata.label_names and not metadata.label_mode:
-    metadata = metadata.replace(label_mode="multiclass")
-  export.export_encoder(model, export_dir, metadata)
-  logging.info("Exported %s to %s.", name, export_dir)
+    metadata = metadata.replace(label_mode=LabelMode.MULTI_CLASS.value)
+  written = onnx_export.save_model(
+    model, export_dir, metadata, _FORMAT.value, onnx_path=_ONNX_PATH.value, opset=_ONNX_OPSET.value
+  )
+  logging.info("Exported %s to %s.", name, ", ".join(written))
 
 
 def run() -> None:
+  """Console-script entry point."""
   app.run(main)
 
 

@@ -44,15 +44,12 @@ from absl import logging
 
 from hub_export import export, load
 from hub_export import metadata as metadata_lib
+from remedis_tf.models.outputs import EMBEDDING, FEATURE_MAP, LOGITS, PROBABILITIES
 
 # Opset 17: inside tf2onnx 1.17's range (<= 18) and run by current runtimes
 # (onnxruntime >= 1.12, TensorRT >= 8.6, OpenVINO >= 2023.0).
 DEFAULT_OPSET = 17
 IMAGES = export.IMAGES_ARG
-FEATURE_MAP = export.FEATURE_MAP
-EMBEDDING = export.EMBEDDING
-LOGITS = export.LOGITS
-PROBABILITIES = export.PROBABILITIES
 OUTPUT_ORDER = (FEATURE_MAP, EMBEDDING, LOGITS, PROBABILITIES)
 # Names of the dynamic dimensions of the graph's inputs and outputs.
 DIM_NAMES = {

@@ -143,6 +143,7 @@ def define_flags(
   required: Sequence[str] = (),
   defaults: Mapping[str, Any] | None = None,
   default_note: str | None = None,
+  module_name: str | None = None,
 ) -> dict[str, flags.FlagHolder]:
   """Defines one flag per field of `config_cls`; returns field name -> flag holder.
 
@@ -154,12 +155,14 @@ def define_flags(
       of None makes the flag optional with "no value" as its default).
     default_note: appended to every help text whose default comes from
       `defaults` (e.g. "default: the scale's").
+    module_name: the module the flags belong to (what --helpshort lists);
+      default: the calling module.
   """
   docs = attribute_docs(config_cls)
   hints = typing.get_type_hints(config_cls)
   # Flags belong to the calling CLI module (what --helpshort lists), as if
   # it had defined them itself.
-  caller = sys._getframe(1).f_globals.get("__name__", "__main__")
+  caller = module_name or sys._getframe(1).f_globals.get("__name__", "__main__")
   module_name = sys.argv[0] if caller == "__main__" else caller
   holders = {}
   for field in dataclasses.fields(config_cls):

@@ -16,24 +16,15 @@ from remedis_tf import cpu_setup  # noqa: F401  (oneDNN default, before TensorFl
 # isort: split
 from absl import app
 
-from remedis_tf import config_flags
 from remedis_tf.train import cli_util
 from remedis_tf.train import evaluate as evaluate_lib
 
-_CONFIG = config_flags.define_flags(
-  evaluate_lib.EvaluateConfig, required=("data", "model_dir", "output_json")
+main = cli_util.config_main(
+  evaluate_lib.EvaluateConfig,
+  evaluate_lib.evaluate,
+  required=("data", "model_dir", "output_json"),
+  results_json=False,
 )
-
-
-def main(argv: list[str]) -> int:
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  return cli_util.run_reporting_errors(
-    lambda: evaluate_lib.evaluate(
-      config_flags.config_from_flags(evaluate_lib.EvaluateConfig, _CONFIG)
-    ),
-    None,
-  )
 
 
 def run() -> None:

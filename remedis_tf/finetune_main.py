@@ -16,27 +16,14 @@ from __future__ import annotations
 from remedis_tf import cpu_setup  # noqa: F401  (oneDNN default, before TensorFlow)
 
 # isort: split
-from absl import app, flags
+from absl import app
 
-from remedis_tf import config_flags
 from remedis_tf.train import cli_util
 from remedis_tf.train import finetune as finetune_lib
 
-_CONFIG = config_flags.define_flags(
-  finetune_lib.FinetuneConfig, required=("train_data", "model_dir")
+main = cli_util.config_main(
+  finetune_lib.FinetuneConfig, finetune_lib.finetune, required=("train_data", "model_dir")
 )
-_RESULTS_JSON = flags.DEFINE_string("results_json", None, "Write the results dict here.")
-
-
-def main(argv: list[str]) -> int:
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  return cli_util.run_reporting_errors(
-    lambda: finetune_lib.finetune(
-      config_flags.config_from_flags(finetune_lib.FinetuneConfig, _CONFIG)
-    ),
-    _RESULTS_JSON.value,
-  )
 
 
 def run() -> None:

@@ -17,27 +17,14 @@ from __future__ import annotations
 from remedis_tf import cpu_setup  # noqa: F401  (oneDNN default, before TensorFlow)
 
 # isort: split
-from absl import app, flags
+from absl import app
 
-from remedis_tf import config_flags
 from remedis_tf.train import cli_util
 from remedis_tf.train import pretrain as pretrain_lib
 
-_CONFIG = config_flags.define_flags(
-  pretrain_lib.PretrainConfig, required=("train_data", "model_dir")
+main = cli_util.config_main(
+  pretrain_lib.PretrainConfig, pretrain_lib.pretrain, required=("train_data", "model_dir")
 )
-_RESULTS_JSON = flags.DEFINE_string("results_json", None, "Write the results dict here.")
-
-
-def main(argv: list[str]) -> int:
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  return cli_util.run_reporting_errors(
-    lambda: pretrain_lib.pretrain(
-      config_flags.config_from_flags(pretrain_lib.PretrainConfig, _CONFIG)
-    ),
-    _RESULTS_JSON.value,
-  )
 
 
 def run() -> None:

@@ -12,7 +12,6 @@ from remedis_tf.data import (
   input_pipeline,
   make_pretrain_dataset,
   make_supervised_dataset,
-  read_manifest,
   read_records,
   select_label_fraction,
   synthetic,
@@ -323,29 +322,3 @@ def test_skip_examples_must_not_be_negative(tmp_path):
     make_pretrain_dataset(
       str(tmp_path / "*.tfrecord"), batch_size=1, image_size=8, skip_examples=-1
     )
-
-
-def test_label_subset_follows_subset_seed_not_shuffle_seed(tmp_path):
-  _tiny_shards(tmp_path, 2, 20, size=8)
-  files = str(tmp_path / "*.tfrecord")
-
-  def patients(seed, subset_seed):
-    ds = make_supervised_dataset(
-      files,
-      batch_size=8,
-      image_size=8,
-      training=True,
-      preset="cxr",
-      label_fraction=0.5,
-      seed=seed,
-      subset_seed=subset_seed,
-      repeat=1,
-      drop_remainder=False,
-      with_metadata=True,
-    )
-    return {p.decode() for b in ds for p in b["patient_id_hash"].numpy()}
-
-  all_patients = {hashlib.sha256(f"p{n // 2}".encode()).hexdigest() for n in range(40)}
-  expected = select_label_fraction(all_patients, 0.5, seed=11)
-  assert patients(1, 11) == patients(987_654, 11) == expected
-  assert patients(11, None) == expected

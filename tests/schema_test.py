@@ -69,11 +69,12 @@ def test_parse_example_variable_length_multi_label():
   np.testing.assert_array_equal(parsed[schema.MULTI_LABEL].numpy(), [1.0, 0.0, 1.0])
 
 
-def test_normalize_label_mode_accepts_converter_and_reader_spellings():
+def test_label_mode_parses_converter_and_reader_spellings():
   import pytest
 
-  assert schema.normalize_label_mode("multilabel") == "multi_label"
-  assert schema.normalize_label_mode("multi_label") == "multi_label"
-  assert schema.normalize_label_mode("MultiClass") == "multi_class"
+  assert schema.LabelMode.parse("multilabel") is schema.LabelMode.MULTI_LABEL
+  assert schema.LabelMode.parse("multi_label") is schema.LabelMode.MULTI_LABEL
+  assert schema.LabelMode.parse("MultiClass") is schema.LabelMode.MULTI_CLASS
+  assert schema.LabelMode.MULTI_CLASS == "multiclass"  # the manifest's own spelling
   with pytest.raises(ValueError, match="label_mode"):
-    schema.normalize_label_mode("regression")
+    schema.LabelMode.parse("regression")

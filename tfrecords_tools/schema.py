@@ -198,10 +198,3 @@ class LabelMode(enum.StrEnum):
 
 
 LABEL_MODES = tuple(m.value for m in LabelMode)
-
-
-def normalize_label_mode(mode: str | LabelMode) -> str:
-  """TRANSITIONAL: the readers' old spelling ('multi_class'/'multi_label') of any mode."""
-  return {LabelMode.MULTI_CLASS: "multi_class", LabelMode.MULTI_LABEL: "multi_label"}[
-    LabelMode.parse(mode)
-  ]

@@ -27,14 +27,15 @@ import tensorflow as tf
 
 from remedis_tf.data import augment, seeds
 from remedis_tf.data.manifest import read_manifest
+from remedis_tf.data.patients import patient_key
 from remedis_tf.data.presets import AugmentConfig, get_preset
 from remedis_tf.errors import ConfigError, InputNotFoundError
 from tfrecords_tools import schema
+from tfrecords_tools.schema import LabelMode
 
 if TYPE_CHECKING:
   from remedis_tf.data import micle
 
-LABEL_MODES = ("multi_class", "multi_label")
 POSITIVE_PAIRS = ("augment", "micle")
 _FRACTION_KEY = 0x5F3759DF  # second half of the SipHash key for label fractions
 _FRACTION_BUCKETS = 2**53
@@ -191,19 +192,18 @@ def _parsed_records(
   seed: int,
   split: str | Sequence[str] | None,
   site: str | Sequence[str] | None,
-  label_mode: str,
+  label_mode: LabelMode,
   num_labels: int | None,
   labelled_only: bool,
   label_fraction: float,
   cache: bool | str,
   shuffle_files: bool = True,
-  subset_seed: int | None = None,
 ) -> tf.data.Dataset:
   """Records parsed into small dicts, filtered and optionally cached.
 
-  The label-fraction subset is keyed by `subset_seed` (default `seed`).
+  The label-fraction subset is keyed by `seed`.
   """
-  subset_seed = seed if subset_seed is None else subset_seed
+  multi_label = label_mode == LabelMode.MULTI_LABEL
   keys = [
     schema.IMAGE_ENCODED,
     schema.IMAGE_SOURCE_ID,
@@ -214,9 +214,9 @@ def _parsed_records(
     schema.SITE,
     schema.SPLIT,
   ]
-  if label_mode == "multi_label":
+  if multi_label:
     keys.append(schema.MULTI_LABEL)
-  full_spec = schema.feature_spec(num_labels if label_mode == "multi_label" else None)
+  full_spec = schema.feature_spec(num_labels if multi_label else None)
   spec = {k: full_spec[k] for k in keys}
   splits, sites = _as_tuple(split), _as_tuple(site)
 
@@ -234,7 +234,7 @@ def _parsed_records(
       "split": ex[schema.SPLIT],
       "source_id": ex[schema.IMAGE_SOURCE_ID],
     }
-    if label_mode == "multi_label":
+    if multi_label:
       out["multi_label"] = tf.cast(ex[schema.MULTI_LABEL], tf.float32)
     return out
 
@@ -245,14 +245,14 @@ def _parsed_records(
     if sites is not None:
       ok = tf.logical_and(ok, _in(ex["site"], sites))
     if labelled_only:
-      if label_mode == "multi_label":
+      if multi_label:
         ok = tf.logical_and(ok, tf.reduce_any(ex["multi_label"] >= 0))
       else:
         ok = tf.logical_and(ok, ex["label"] >= 0)
     if label_fraction < 1.0:
       pid = ex["patient_id_hash"]
-      pid = tf.where(tf.strings.length(pid) > 0, pid, ex["source_id"])
-      ok = tf.logical_and(ok, patient_scores(pid, subset_seed) < label_fraction)
+      pid = patient_key(ex["patient_id_hash"], ex["source_id"])
+      ok = tf.logical_and(ok, patient_scores(pid, seed) < label_fraction)
     return ok
 
   ds = read_records(files, input_context, shuffle_files=shuffle_files, seed=seed)
@@ -391,7 +391,7 @@ def make_pretrain_dataset(
     seed=seed,
     split=split,
     site=site,
-    label_mode="multi_class",
+    label_mode=LabelMode.MULTI_CLASS,
     num_labels=None,
     labelled_only=False,
     label_fraction=1.0,
@@ -431,7 +431,7 @@ def make_supervised_dataset(
   training: bool,
   preset: str | AugmentConfig = "natural",
   seed: int = 0,
-  label_mode: str | None = None,
+  label_mode: LabelMode | str | None = None,
   num_labels: int | None = None,
   label_fraction: float = 1.0,
   split: str | Sequence[str] | None = None,
@@ -443,7 +443,6 @@ def make_supervised_dataset(
   drop_remainder: bool | None = None,
   with_metadata: bool = False,
   deterministic: bool | None = None,
-  subset_seed: int | None = None,
   skip_examples: int = 0,
 ) -> tf.data.Dataset:
   """Labelled batches for fine-tuning (augmented) or evaluation (centre crop).
@@ -459,10 +458,9 @@ def make_supervised_dataset(
     training: augment with `preset` and shuffle (True) or centre-crop (False).
     preset: preset name or AugmentConfig (evaluation uses its channels,
       eval_crop_fraction and resize_method).
-    seed: seeds shuffles, augmentations and (unless `subset_seed` is given)
-      the label-fraction subset.
-    label_mode: "multi_class" or "multi_label"; None reads the manifest next
-      to the shards, defaulting to "multi_class".
+    seed: seeds shuffles, augmentations and the label-fraction subset.
+    label_mode: a LabelMode (or a spelling of one); None reads the manifest
+      next to the shards, defaulting to multi-class.
     num_labels: K for multi-label; None reads len(label_names) from the manifest.
     label_fraction: keep the patients whose keyed hash score is below this
       (see select_label_fraction); 1.0 keeps all.
@@ -477,7 +475,6 @@ def make_supervised_dataset(
     with_metadata: yield dicts with 'image', 'label', 'patient_id_hash',
       'site', 'source_id' instead of (image, label) tuples.
     deterministic: None means not training.
-    subset_seed: keys the label-fraction subset; None uses `seed`.
     skip_examples: examples to skip first (see make_pretrain_dataset).
 
   Returns:
@@ -487,9 +484,12 @@ def make_supervised_dataset(
   """
   manifest = read_manifest(files) or {}
   if label_mode is None:
-    label_mode = manifest.get("label_mode") or "multi_class"
-  label_mode = schema.normalize_label_mode(label_mode)
-  if label_mode == "multi_label" and num_labels is None:
+    label_mode = manifest.get("label_mode") or LabelMode.MULTI_CLASS
+  try:
+    label_mode = LabelMode.parse(label_mode)
+  except ValueError as e:
+    raise ConfigError(str(e)) from e
+  if label_mode == LabelMode.MULTI_LABEL and num_labels is None:
     names = manifest.get("label_names")
     if not names:
       raise ValueError("multi_label needs num_labels (or a manifest with label_names)")
@@ -514,7 +514,6 @@ def make_supervised_dataset(
     label_fraction=label_fraction,
     cache=cache,
     shuffle_files=training,
-    subset_seed=subset_seed,
   )
   ds = _epochs(
     ds,
@@ -531,7 +530,7 @@ def make_supervised_dataset(
       image = augment.augment_view(image, config, view_seed, image_size)
     else:
       image = augment.preprocess_eval(image, config, image_size)
-    label = ex["multi_label"] if label_mode == "multi_label" else ex["label"]
+    label = ex["multi_label"] if label_mode == LabelMode.MULTI_LABEL else ex["label"]
     if with_metadata:
       return {
         "image": image,

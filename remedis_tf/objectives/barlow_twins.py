@@ -7,9 +7,7 @@ import dataclasses
 import keras
 import tensorflow as tf
 
-from remedis_tf.models import heads
 from remedis_tf.objectives.base import (
-  EncoderFactory,
   LossOutput,
   ProjectionHeadObjective,
   resolve_replica_context,
@@ -87,29 +85,12 @@ class BarlowTwins(ProjectionHeadObjective):
   """Barlow Twins; both views go through the encoder and projector as one batch."""
 
   name = "barlow_twins"
+  head_name = "barlow_twins_projector"
+  head_options = {"use_bn": True, "final_bn": False}
 
   def __init__(self, config: BarlowTwinsConfig | None = None) -> None:
     super().__init__()
     self.config = config or BarlowTwinsConfig()
-
-  def build(
-    self,
-    encoder: keras.Model,
-    embedding_dim: int,
-    encoder_factory: EncoderFactory | None = None,
-  ) -> None:
-    del encoder, encoder_factory
-    c = self.config
-    self.head = heads.build_projection_head(
-      embedding_dim,
-      c.proj_num_layers,
-      c.proj_output_dim,
-      c.proj_hidden_dim,
-      use_bn=True,
-      final_bn=False,
-      name="barlow_twins_projector",
-    )
-    self._built = True
 
   def compute_loss(
     self,

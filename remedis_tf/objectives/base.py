@@ -62,12 +62,13 @@ reports `metrics["loss"]`, the unscaled global loss.
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import NamedTuple
 
 import keras
 import tensorflow as tf
 
+from remedis_tf.models import heads
 from remedis_tf.models.outputs import EMBEDDING, PROJECTION
 
 EncoderFactory = Callable[[], keras.Model]
@@ -194,12 +195,39 @@ class ProjectionHeadObjective(Objective):
   """An objective whose only extra network is one projection head, `self.head`.
 
   SimCLR, Barlow Twins and ReLIC share this shape: both views go through the
-  encoder as one batch, then through the head; only the loss differs.
+  encoder as one batch, then through the head; only the loss and the head's
+  BatchNorm placement differ. Subclasses set `head_name` and `head_options`
+  (`use_bn`, `final_bn` of `heads.build_projection_head`); their config has
+  `proj_num_layers`, `proj_output_dim`, `proj_hidden_dim` and optionally
+  `ft_proj_selector`.
   """
+
+  head_name: str = "projection_head"
+  head_options: Mapping[str, bool] = {}
 
   def __init__(self) -> None:
     super().__init__()
     self.head: keras.Model | None = None
+
+  def build(
+    self,
+    encoder: keras.Model,
+    embedding_dim: int,
+    encoder_factory: EncoderFactory | None = None,
+  ) -> None:
+    """Creates the projection head (there is no target encoder)."""
+    del encoder, encoder_factory
+    c = self.config
+    self.head = heads.build_projection_head(
+      embedding_dim,
+      num_layers=c.proj_num_layers,
+      output_dim=c.proj_output_dim,
+      hidden_dim=c.proj_hidden_dim,
+      ft_proj_selector=getattr(c, "ft_proj_selector", 0),
+      name=self.head_name,
+      **self.head_options,
+    )
+    self._built = True
 
   @property
   def trainable_networks(self) -> list[keras.Model]:

@@ -7,9 +7,7 @@ import dataclasses
 import keras
 import tensorflow as tf
 
-from remedis_tf.models import heads
 from remedis_tf.objectives.base import (
-  EncoderFactory,
   LossOutput,
   ProjectionHeadObjective,
   resolve_replica_context,
@@ -99,27 +97,12 @@ class ReLIC(ProjectionHeadObjective):
   """ReLIC; both views go through encoder and head as one batch of 2n."""
 
   name = "relic"
+  head_name = "relic_projection_head"
+  head_options = {}
 
   def __init__(self, config: ReLICConfig | None = None) -> None:
     super().__init__()
     self.config = config or ReLICConfig()
-
-  def build(
-    self,
-    encoder: keras.Model,
-    embedding_dim: int,
-    encoder_factory: EncoderFactory | None = None,
-  ) -> None:
-    del encoder, encoder_factory
-    c = self.config
-    self.head = heads.build_projection_head(
-      embedding_dim,
-      c.proj_num_layers,
-      c.proj_output_dim,
-      c.proj_hidden_dim,
-      name="relic_projection_head",
-    )
-    self._built = True
 
   def compute_loss(
     self,

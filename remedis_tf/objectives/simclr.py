@@ -7,8 +7,7 @@ import dataclasses
 import keras
 import tensorflow as tf
 
-from remedis_tf.models import heads
-from remedis_tf.objectives.base import EncoderFactory, LossOutput, ProjectionHeadObjective
+from remedis_tf.objectives.base import LossOutput, ProjectionHeadObjective
 from remedis_tf.objectives.nt_xent import nt_xent_loss
 
 
@@ -37,30 +36,12 @@ class SimCLR(ProjectionHeadObjective):
   """SimCLR: both views go through encoder and head as one batch of 2n."""
 
   name = "simclr"
+  head_name = "simclr_projection_head"
+  head_options = {"use_bn": True, "final_bn": True}
 
   def __init__(self, config: SimCLRConfig | None = None) -> None:
     super().__init__()
     self.config = config or SimCLRConfig()
-
-  def build(
-    self,
-    encoder: keras.Model,
-    embedding_dim: int,
-    encoder_factory: EncoderFactory | None = None,
-  ) -> None:
-    del encoder, encoder_factory  # SimCLR has no target encoder.
-    c = self.config
-    self.head = heads.build_projection_head(
-      embedding_dim,
-      num_layers=c.proj_num_layers,
-      output_dim=c.proj_output_dim,
-      hidden_dim=c.proj_hidden_dim,
-      use_bn=True,
-      final_bn=True,
-      ft_proj_selector=c.ft_proj_selector,
-      name="simclr_projection_head",
-    )
-    self._built = True
 
   def compute_loss(
     self,

@@ -23,6 +23,7 @@ from typing import Any
 
 import keras
 import tensorflow as tf
+from absl import logging
 
 from remedis_tf import config_flags, data, models, objectives, optim
 from remedis_tf.errors import ConfigError, InputDataError
@@ -77,6 +78,16 @@ class PretrainConfig(trainer.TrainConfig):
       (needs labelled records).
     num_classes: classes of that head (default: the manifest's label_names).
     image_summaries: write a few example views to TensorBoard at the start.
+    positive_pairs: 'augment' (two views of one image, SimCLR) or 'micle' (two
+      different images of one patient or study, each augmented; MICLe, Azizi
+      et al. 2021); a record alone in its group falls back to two views of
+      itself. Works with every objective.
+    micle_group: what groups MICLe pairs: 'patient' or 'study'.
+    micle_store: where MICLe keeps partner images: 'memory', 'disk' (read
+      from their shard when needed) or 'auto' (memory when they fit in
+      micle_memory_limit_bytes).
+    micle_memory_limit_bytes: the most encoded image bytes the memory store
+      may hold.
   """
 
   objective: str = dataclasses.field(
@@ -102,6 +113,16 @@ class PretrainConfig(trainer.TrainConfig):
   linear_eval_head: bool = False
   num_classes: int | None = None
   image_summaries: bool = True
+  positive_pairs: str = dataclasses.field(
+    default="augment", metadata=config_flags.flag(choices=data.POSITIVE_PAIRS)
+  )
+  micle_group: str = dataclasses.field(
+    default="patient", metadata=config_flags.flag(choices=data.MICLE_GROUPS)
+  )
+  micle_store: str = dataclasses.field(
+    default="auto", metadata=config_flags.flag(choices=data.MICLE_STORES)
+  )
+  micle_memory_limit_bytes: int = data.MICLE_MEMORY_LIMIT_BYTES
 
   def validate(self) -> None:
     """Raises ConfigError (a ValueError) for inconsistent settings."""
@@ -114,6 +135,15 @@ class PretrainConfig(trainer.TrainConfig):
       raise ConfigError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}.")
     if self.optimizer == "adamw" and self.momentum is not None:
       raise ConfigError("momentum applies to the LARS optimizer only (AdamW has no momentum).")
+    if self.positive_pairs not in data.POSITIVE_PAIRS:
+      raise ConfigError(
+        f"positive_pairs must be one of {data.POSITIVE_PAIRS}, got {self.positive_pairs!r}."
+      )
+    if self.micle_group not in data.MICLE_GROUPS or self.micle_store not in data.MICLE_STORES:
+      raise ConfigError(
+        f"micle_group must be one of {data.MICLE_GROUPS} and micle_store one of "
+        f"{data.MICLE_STORES}, got {self.micle_group!r} and {self.micle_store!r}."
+      )
     if self.warmup_steps is not None and not 0 <= self.warmup_steps < self.train_steps:
       raise ConfigError(f"warmup_steps must be in [0, train_steps), got {self.warmup_steps}.")
     try:
@@ -218,8 +248,20 @@ class PretrainTask(trainer.Task):
 
   def prepare(self) -> None:
     super().prepare()
-    if self.config.linear_eval_head:
+    c = self.config
+    if c.linear_eval_head:
       self.num_classes = self._linear_head_classes()
+    self.micle_index = None
+    if c.positive_pairs == "micle":
+      # One pass over all shards (groups span them); every worker builds the same index.
+      self.micle_index = data.build_micle_index(
+        self.files,
+        group=c.micle_group,
+        split=c.split,
+        store=c.micle_store,
+        memory_limit_bytes=c.micle_memory_limit_bytes,
+      )
+      logging.info("MICLe: %s", self.micle_index.summary())
 
   def _linear_head_classes(self) -> int:
     if self.config.num_classes:
@@ -241,7 +283,11 @@ class PretrainTask(trainer.Task):
       encoder=c.encoder,
       image_size=c.image_size,
       objective=c.objective,
-      settings={**trainer.dataclass_settings(c), "num_replicas": num_replicas},
+      settings={
+        **trainer.dataclass_settings(c),
+        "num_replicas": num_replicas,
+        "micle": dataclasses.asdict(self.micle_index.stats) if self.micle_index else None,
+      },
     )
 
   def build(self, strategy: tf.distribute.Strategy, resuming: bool) -> trainer.Built:
@@ -303,6 +349,9 @@ class PretrainTask(trainer.Task):
       shuffle_buffer=c.shuffle_buffer,
       deterministic=True,
       skip_examples=skip_examples,
+      positive_pairs=c.positive_pairs,
+      micle_group=c.micle_group,
+      micle_index=self.micle_index,
     )
 
   def replica_step(self, encoder: Callable[..., Any]) -> loop.ReplicaStep:
@@ -327,6 +376,11 @@ class PretrainTask(trainer.Task):
 
   def learning_rate(self, step: int) -> float:
     return float(self.schedule(step))
+
+  def results(self) -> dict[str, Any]:
+    if self.micle_index is None:
+      return {}
+    return {"micle": dataclasses.asdict(self.micle_index.stats)}
 
   def on_start(
     self, writer: tf.summary.SummaryWriter, step: int, dataset_fn: Callable[..., Any]
