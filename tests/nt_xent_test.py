@@ -1,13 +1,33 @@
-"""NT-Xent against a float64 NumPy reference, on one and on two replicas."""
+"""NT-Xent against a float64 NumPy reference, on one and on two replicas.
 
+Tolerances: `loss_bounds.nt_xent` replays the float32 computation on the
+test's data and bounds its rounding error (`float32_bounds`); a test allows
+SAFETY (2) times that bound, plus the float64 reference's own error where it
+is not negligible (the finite-difference gradients).
+"""
+
+import loss_bounds
 import numpy as np
 import pytest
 import tensorflow as tf
 import two_replicas
+from float32_bounds import SAFETY, assert_within
 
 from remedis_tf.objectives import nt_xent_loss
 
 TEMPERATURE = 0.3
+FD_STEP = 1e-6
+
+
+def _fd_error(loss_bound: float) -> float:
+  """Error of the float64 central-difference gradient with step h = FD_STEP.
+
+  Rounding: a float64 loss evaluation errs by at most the float32 bound scaled
+  by 2^-53 / 2^-24 (the same operations with float64's roundoff), so the
+  difference quotient errs by at most that / h. Truncation: h^2 |L^(3)| / 6,
+  with |L^(3)| <= 2 * 6^3 / tau^3 for unit vectors (below 1e-9 here).
+  """
+  return loss_bound * 2.0**-29 / FD_STEP + FD_STEP**2 * 2 * 6**3 / TEMPERATURE**3 / 6
 
 
 def _reference(z1: np.ndarray, z2: np.ndarray, t: float, normalize: bool = True):
@@ -35,8 +55,8 @@ def _reference(z1: np.ndarray, z2: np.ndarray, t: float, normalize: bool = True)
   p = np.exp(sim - sim.max(1, keepdims=True))
   p /= p.sum(1, keepdims=True)
   entropy = np.mean(-np.sum(p * np.log(p), axis=1))
-  # Central finite differences in float64 for the gradients.
-  eps = 1e-6
+  # Central finite differences in float64 for the gradients (error: see _fd_error).
+  eps = FD_STEP
   grads = []
   for which in range(2):
     base = [z1.copy(), z2.copy()]
@@ -73,12 +93,21 @@ def test_matches_numpy_reference():
   ref_loss, ref_grads, ref_acc, ref_entropy = _reference(z1, z2, TEMPERATURE)
   loss, grads, metrics = _single(z1, z2)
   assert loss.dtype == tf.float32
-  np.testing.assert_allclose(loss.numpy(), ref_loss, rtol=1e-5)
-  np.testing.assert_allclose(metrics["loss"].numpy(), ref_loss, rtol=1e-5)
-  np.testing.assert_allclose(grads[0].numpy(), ref_grads[0], atol=1e-5)
-  np.testing.assert_allclose(grads[1].numpy(), ref_grads[1], atol=1e-5)
-  np.testing.assert_allclose(metrics["contrast_acc"].numpy(), ref_acc)
-  np.testing.assert_allclose(metrics["contrast_entropy"].numpy(), ref_entropy, rtol=1e-5)
+  bound = loss_bounds.nt_xent(z1, z2, TEMPERATURE)
+  assert_within(loss.numpy(), ref_loss, SAFETY * bound["loss"].e, "loss")
+  assert_within(metrics["loss"].numpy(), ref_loss, SAFETY * bound["metric_loss"].e, "metric")
+  fd = _fd_error(bound["loss"].e)
+  assert_within(grads[0].numpy(), ref_grads[0], SAFETY * bound["grad_z1"].e + fd, "grad z1")
+  assert_within(grads[1].numpy(), ref_grads[1], SAFETY * bound["grad_z2"].e + fd, "grad z2")
+  # Accuracy counts argmax hits over 8 anchors: exact (k/8 is a float32), as no logit margin
+  # of these data is within rounding.
+  np.testing.assert_array_equal(metrics["contrast_acc"].numpy(), ref_acc)
+  assert_within(
+    metrics["contrast_entropy"].numpy(),
+    ref_entropy,
+    SAFETY * bound["contrast_entropy"].e,
+    "entropy",
+  )
 
 
 def test_without_normalization_matches_reference():
@@ -86,17 +115,24 @@ def test_without_normalization_matches_reference():
   z1, z2 = 0.3 * z1, 0.3 * z2
   ref_loss = _reference(z1, z2, TEMPERATURE, normalize=False)[0]
   loss, _, _ = _single(z1, z2, normalize=False)
-  np.testing.assert_allclose(loss.numpy(), ref_loss, rtol=1e-5)
+  bound = loss_bounds.nt_xent(z1, z2, TEMPERATURE, normalize=False)["loss"].e
+  assert_within(loss.numpy(), ref_loss, SAFETY * bound, "loss")
 
 
 @pytest.mark.parametrize("dtype", [tf.float16, tf.bfloat16])
 def test_half_precision_inputs_give_float32_loss(dtype):
-  z1, z2 = _data()
+  """The loss of half-precision inputs is computed in float32 from their exact values.
+
+  The reference takes the inputs after their rounding to `dtype` (which float32
+  holds exactly), so only float32 arithmetic separates the two; arithmetic in
+  `dtype` itself would miss this bound by orders of magnitude (2^-8 or 2^-11).
+  """
+  z1, z2 = (tf.cast(z, dtype).numpy().astype(np.float32) for z in _data())
   ref_loss = _reference(z1, z2, TEMPERATURE)[0]
   loss, _, _ = _single(z1, z2, dtype=dtype)
   assert loss.dtype == tf.float32
-  assert np.isfinite(loss.numpy())
-  np.testing.assert_allclose(loss.numpy(), ref_loss, rtol=2e-2)  # inputs are rounded
+  bound = loss_bounds.nt_xent(z1, z2, TEMPERATURE)["loss"].e
+  assert_within(loss.numpy(), ref_loss, SAFETY * bound, f"{dtype.name} inputs")
 
 
 def test_two_replicas_equal_single_replica():
@@ -124,10 +160,18 @@ def test_two_replicas_equal_single_replica():
 
   loss, grads, metrics = run(d1, d2)
   losses = strategy.experimental_local_results(loss)
-  np.testing.assert_allclose(sum(v.numpy() for v in losses), loss_1.numpy(), atol=1e-5)
+  # Both sides are float32 evaluations of the same exact values: they may differ by the
+  # one-replica bound plus the two-replica bound.
+  one, two = (loss_bounds.nt_xent(z1, z2, TEMPERATURE, replicas=r) for r in (1, 2))
+  both = lambda key: SAFETY * (one[key].e + two[key].e)
+  assert_within(sum(v.numpy() for v in losses), loss_1.numpy(), both("loss"), "loss")
   for which in range(2):
     g = np.concatenate([v.numpy() for v in strategy.experimental_local_results(grads[which])])
-    np.testing.assert_allclose(g, grads_1[which].numpy(), atol=1e-5)
+    assert_within(g, grads_1[which].numpy(), both(f"grad_z{which + 1}"), f"grad {which}")
+  bounds = {"loss": both("metric_loss"), "contrast_entropy": both("contrast_entropy")}
   for name, value in metrics.items():
     for v in strategy.experimental_local_results(value):
-      np.testing.assert_allclose(v.numpy(), metrics_1[name].numpy(), atol=1e-5)
+      if name == "contrast_acc":  # a mean of 0/1 over 8 anchors: exact
+        np.testing.assert_array_equal(v.numpy(), metrics_1[name].numpy())
+      else:
+        assert_within(v.numpy(), metrics_1[name].numpy(), bounds[name], name)

@@ -1,0 +1,261 @@
+"""Float32 rounding-error bounds that the numeric tests' tolerances rest on.
+
+A tolerance is a bound on how far float32 arithmetic can carry a result from
+the exact one, not a number picked until a test passes. This module derives
+such bounds by running error analysis (Wilkinson; Higham, *Accuracy and
+Stability of Numerical Algorithms*, 2nd ed., ch. 2-4): a computation is
+replayed in float64 on `Bounded` values, each carrying the value and a
+first-order bound on the absolute error that float32 arithmetic, done in the
+same order of operations, accumulates on it. With u = 2^-24 (float32's unit
+roundoff, half of its machine epsilon 2^-23):
+
+* a rounded +, -, *, / adds u |result|;
+* a sum of n terms, in *any* order or split (so also across replicas), adds
+  gamma(n - 1) * sum |term|, gamma(k) = k u / (1 - k u) (Higham, eq. 4.4);
+* exp, log and rsqrt kernels add KERNEL_ULPS * u |result| (Eigen's float
+  kernels are accurate to about one ulp; two are allowed);
+* errors already on the inputs propagate through the derivative.
+
+Two float32 evaluations of the same exact quantity (e.g. one replica and two)
+differ by at most the sum of their two bounds. Tests multiply a bound by
+SAFETY, which covers the dropped second-order terms (O(u^2), here below 1e-10
+relative) and small differences between this replay and the kernels' exact
+sequence of operations (fused or re-associated sums, which the gamma(n - 1)
+term already allows for).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+
+U32 = 2.0**-24  # float32 unit roundoff u: |fl(x) - x| <= u |x|
+KERNEL_ULPS = 2.0  # exp, log, rsqrt, sqrt, cos: at most 2 u relative error
+SAFETY = 2.0  # the factor every test applies to a bound derived here
+
+
+def gamma(n: int, u: float = U32) -> float:
+  """Higham's gamma_n = n u / (1 - n u): the relative error of n chained roundings."""
+  return n * u / (1.0 - n * u)
+
+
+@dataclasses.dataclass(frozen=True)
+class Bounded:
+  """A float64 value and a first-order bound on a float32 computation's error on it.
+
+  Attributes:
+    v: the exact (float64) value, any shape.
+    e: same shape, >= 0: |float32 result - v| <= e (to first order in u).
+  """
+
+  v: np.ndarray
+  e: np.ndarray
+
+  @staticmethod
+  def exact(x: np.ndarray | float) -> Bounded:
+    """An input that float32 holds exactly (e.g. a float32 array given to the op)."""
+    x = np.asarray(x, np.float64)
+    return Bounded(x, np.zeros_like(x))
+
+  @staticmethod
+  def rounded(x: np.ndarray | float) -> Bounded:
+    """A constant rounded to float32 once (e.g. 1 / temperature)."""
+    x = np.asarray(x, np.float64)
+    return Bounded(x, U32 * np.abs(x))
+
+  def _op(self, v: np.ndarray, e: np.ndarray) -> Bounded:
+    return Bounded(v, e + U32 * np.abs(v))
+
+  def __add__(self, o: Bounded | float) -> Bounded:
+    o = _as_bounded(o)
+    return self._op(self.v + o.v, self.e + o.e)
+
+  __radd__ = __add__
+
+  def __sub__(self, o: Bounded | float) -> Bounded:
+    o = _as_bounded(o)
+    return self._op(self.v - o.v, self.e + o.e)
+
+  def __rsub__(self, o: Bounded | float) -> Bounded:
+    return _as_bounded(o) - self
+
+  def __neg__(self) -> Bounded:
+    return Bounded(-self.v, self.e)
+
+  def __mul__(self, o: Bounded | float) -> Bounded:
+    o = _as_bounded(o)
+    return self._op(self.v * o.v, np.abs(self.v) * o.e + np.abs(o.v) * self.e + self.e * o.e)
+
+  __rmul__ = __mul__
+
+  def __truediv__(self, o: Bounded | float) -> Bounded:
+    o = _as_bounded(o)
+    v = self.v / o.v
+    return self._op(v, (self.e + np.abs(v) * o.e) / (np.abs(o.v) - o.e))
+
+  def __getitem__(self, idx) -> Bounded:
+    return Bounded(self.v[idx], self.e[idx])
+
+  @property
+  def T(self) -> Bounded:  # noqa: N802  (mirrors ndarray.T)
+    return Bounded(self.v.T, self.e.T)
+
+  def sum(self, axis: int | None = None, keepdims: bool = False) -> Bounded:
+    """A float32 sum in any order: gamma(n - 1) * sum |terms| on top of the terms' errors."""
+    n = self.v.size if axis is None else self.v.shape[axis]
+    v = self.v.sum(axis=axis, keepdims=keepdims)
+    e = self.e.sum(axis=axis, keepdims=keepdims)
+    return Bounded(v, e + gamma(max(n - 1, 0)) * np.abs(self.v).sum(axis=axis, keepdims=keepdims))
+
+  def mean(self, axis: int | None = None, keepdims: bool = False) -> Bounded:
+    n = self.v.size if axis is None else self.v.shape[axis]
+    return self.sum(axis, keepdims) / float(n)
+
+  def square(self) -> Bounded:
+    return self * self
+
+  def max(self, axis: int, keepdims: bool = False) -> Bounded:
+    """Exact: the maximum picks one of the (already rounded) values."""
+    i = np.expand_dims(np.argmax(self.v, axis=axis), axis)
+    out = Bounded(np.take_along_axis(self.v, i, axis), np.take_along_axis(self.e, i, axis))
+    return out if keepdims else Bounded(out.v.squeeze(axis), out.e.squeeze(axis))
+
+  def maximum(self, floor: float) -> Bounded:
+    """Exact: max(x, floor) picks x or the constant."""
+    return Bounded(np.maximum(self.v, floor), np.where(self.v > floor, self.e, 0.0))
+
+  def exp(self) -> Bounded:
+    v = np.exp(self.v)
+    return Bounded(v, v * self.e + KERNEL_ULPS * U32 * v)
+
+  def log(self) -> Bounded:
+    v = np.log(self.v)
+    return Bounded(v, self.e / (self.v - self.e) + KERNEL_ULPS * U32 * np.abs(v))
+
+  def rsqrt(self) -> Bounded:
+    v = 1.0 / np.sqrt(self.v)
+    return Bounded(v, 0.5 * v * self.e / (self.v - self.e) + KERNEL_ULPS * U32 * v)
+
+  def cos(self) -> Bounded:
+    v = np.cos(self.v)
+    return Bounded(v, np.abs(np.sin(self.v)) * self.e + KERNEL_ULPS * U32 * np.abs(v))
+
+
+def _as_bounded(x: Bounded | float | np.ndarray) -> Bounded:
+  return x if isinstance(x, Bounded) else Bounded.exact(x)
+
+
+def matmul(a: Bounded, b: Bounded) -> Bounded:
+  """a @ b in float32: each entry a length-k dot product (products, then any-order sum)."""
+  k = a.v.shape[-1]
+  v = a.v @ b.v
+  e = np.abs(a.v) @ b.e + a.e @ np.abs(b.v) + a.e @ b.e
+  return Bounded(v, e + gamma(k) * (np.abs(a.v) @ np.abs(b.v)))
+
+
+def concat(parts: list[Bounded], axis: int) -> Bounded:
+  return Bounded(
+    np.concatenate([p.v for p in parts], axis), np.concatenate([p.e for p in parts], axis)
+  )
+
+
+def l2_normalize(z: Bounded, epsilon: float = 1e-12) -> Bounded:
+  """tf.math.l2_normalize(z, axis=-1) = z * rsqrt(max(sum(z^2), epsilon))."""
+  return z * z.square().sum(axis=-1, keepdims=True).maximum(epsilon).rsqrt()
+
+
+def log_softmax(logits: Bounded, mask: np.ndarray | None = None) -> Bounded:
+  """Row-wise log-softmax as TF computes it: s - max - log(sum(exp(s - max))).
+
+  Args:
+    logits: (m, k).
+    mask: optional (m, k) bool; True entries are excluded (TF subtracts 1e9,
+      so their exp is exactly 0 in float32 and they add nothing).
+
+  Returns:
+    (m, k) log-probabilities; masked entries hold -inf with error 0.
+  """
+  keep = np.ones(logits.v.shape, bool) if mask is None else ~mask
+  s = Bounded(np.where(keep, logits.v, -np.inf), np.where(keep, logits.e, 0.0))
+  shifted = s - s.max(axis=1, keepdims=True)
+  ex = Bounded(np.where(keep, shifted.v, 0.0), np.where(keep, shifted.e, 0.0)).exp()
+  ex = Bounded(np.where(keep, ex.v, 0.0), np.where(keep, ex.e, 0.0))
+  lse = ex.sum(axis=1, keepdims=True).log()
+  out = Bounded(np.where(keep, shifted.v, 0.0), np.where(keep, shifted.e, 0.0)) - lse
+  return Bounded(np.where(keep, out.v, -np.inf), np.where(keep, out.e, 0.0))
+
+
+def softmax_from_log(log_p: Bounded) -> Bounded:
+  """exp(log_softmax), with masked (-inf) entries exactly 0."""
+  finite = np.isfinite(log_p.v)
+  safe = Bounded(np.where(finite, log_p.v, 0.0), log_p.e).exp()
+  return Bounded(np.where(finite, safe.v, 0.0), np.where(finite, safe.e, 0.0))
+
+
+def split_mean(x: Bounded, replicas: int) -> Bounded:
+  """sum over replicas of (local mean / R): how every objective forms its loss."""
+  parts = np.split(np.arange(x.v.shape[0]), replicas)
+  total = None
+  for idx in parts:
+    share = x[idx].mean(axis=0) / float(replicas)
+    total = share if total is None else total + share
+  return total
+
+
+def all_reduce_mean(locals_: list[Bounded]) -> Bounded:
+  """ReduceOp.MEAN over replicas: a sum of R values, then / R."""
+  total = locals_[0]
+  for x in locals_[1:]:
+    total = total + x
+  return total / float(len(locals_))
+
+
+def reorder_bound(n: int, abs_sum: float) -> float:
+  """|difference| of two float32 sums of the same n terms in two orders: 2 gamma(n-1) sum|x|."""
+  return 2.0 * gamma(max(n - 1, 0)) * abs_sum
+
+
+def digits(bound: float) -> str:
+  """For messages: a bound in units of u."""
+  return f"{bound / U32:.1f} u" if math.isfinite(bound) else "inf"
+
+
+def relu(x: Bounded) -> Bounded:
+  """max(x, 0), exact."""
+  return Bounded(np.maximum(x.v, 0.0), np.where(x.v > 0, x.e, 0.0))
+
+
+def assert_within(
+  actual: np.ndarray | float,
+  desired: np.ndarray | float,
+  bound: np.ndarray | float,
+  err_msg: str = "",
+) -> None:
+  """Asserts |actual - desired| <= bound elementwise (the bound already carries SAFETY).
+
+  Args:
+    actual: what the code under test computed.
+    desired: the independent reference.
+    bound: scalar or array broadcastable to the values: the tolerance.
+    err_msg: prefix of the failure message.
+
+  Raises:
+    AssertionError: naming the worst entry, its difference and its bound.
+  """
+  a = np.asarray(actual, np.float64)
+  d = np.asarray(desired, np.float64)
+  shape = np.broadcast_shapes(a.shape, d.shape, np.shape(bound))
+  a, d = np.broadcast_to(a, shape), np.broadcast_to(d, shape)
+  b = np.broadcast_to(np.asarray(bound, np.float64), shape)
+  diff = np.abs(a - d)
+  ok = diff <= b
+  if not np.all(ok):
+    ratio = np.where(b > 0, diff / np.where(b > 0, b, 1.0), np.inf)
+    ratio = np.where(ok, 0.0, ratio)
+    i = np.unravel_index(int(np.nanargmax(ratio)), shape) if shape else ()
+    raise AssertionError(
+      f"{err_msg}: {int(np.sum(~ok))} of {ok.size} entries outside the float32 bound; "
+      f"worst at {i}: actual {a[i]!r}, desired {d[i]!r}, |diff| {diff[i]:.3g} > bound {b[i]:.3g}"
+    )
