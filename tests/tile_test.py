@@ -21,7 +21,7 @@ import slide_testdata as td
 import tensorflow as tf
 from PIL import Image
 
-from tfrecords_tools import hashing, schema, tile, tiling
+from tfrecords_tools import hashing, schema, slide_survey, tile, tiling
 
 SALT = "tile-test-salt"
 NAMES = {
@@ -368,7 +368,7 @@ def test_error_texts_are_scrubbed_of_paths_and_names():
   from tfrecords_tools.slide_reader import SOURCE_OPENSLIDE, SlideSource
 
   source = SlideSource(SOURCE_OPENSLIDE, ("/data/site7/FAKEPHI-DOE.svs",), "site7/FAKEPHI-DOE.svs")
-  text = tile._scrub(
+  text = slide_survey.scrub(
     "cannot open /data/site7/FAKEPHI-DOE.svs (FAKEPHI-DOE.svs, FAKEPHI-DOE) in /data/site7", source
   )
   assert "FAKEPHI" not in text and "/data" not in text and text.count("<slide>") == 4
