@@ -138,6 +138,10 @@ class Bounded:
     v = 1.0 / np.sqrt(self.v)
     return Bounded(v, 0.5 * v * self.e / (self.v - self.e) + KERNEL_ULPS * U32 * v)
 
+  def sqrt(self) -> Bounded:
+    v = np.sqrt(self.v)
+    return Bounded(v, 0.5 * self.e / np.maximum(v, 1e-300) + KERNEL_ULPS * U32 * v)
+
   def cos(self) -> Bounded:
     v = np.cos(self.v)
     return Bounded(v, np.abs(np.sin(self.v)) * self.e + KERNEL_ULPS * U32 * np.abs(v))

@@ -1,10 +1,17 @@
-"""LARS against a float64 NumPy reference of the update."""
+"""LARS against a float64 NumPy reference of the update.
+
+Tolerances: `_float32_lars_error` replays the optimizer's float32 operations
+(constants rounded to float32, norms as sums of squares, sqrt of 2 ulp) on
+`float32_bounds.Bounded` values and bounds their rounding error per weight;
+the tests allow SAFETY (2) times that bound.
+"""
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 import two_replicas
+from float32_bounds import SAFETY, Bounded, assert_within
 
 from remedis_tf.models import norm_and_bias_variables
 from remedis_tf.optim import LARS, WarmupCosine
@@ -28,6 +35,38 @@ def _numpy_lars(weights, grads_per_step, lrs, use_decay, use_adapt, nesterov=Fal
       v[i] = MU * v[i] + lr * ratio * g
       w[i] = w[i] - (MU * v[i] + lr * ratio * g if nesterov else v[i])
   return w
+
+
+def _float32_lars_error(
+  weights, grads_per_step, lrs, use_decay, use_adapt, nesterov=False, rounded_grads=False
+):
+  """Error bounds (one array per variable) of LARS.update_step's float32 arithmetic.
+
+  Args:
+    weights, grads_per_step, use_decay, use_adapt, nesterov: as `_numpy_lars`.
+    lrs: one `Bounded` learning rate per step (its float32 value's error).
+    rounded_grads: gradients are float64 values rounded once to float32 (a
+      float32 all-reduce sum of per-replica gradients), not exact float32.
+
+  Returns:
+    [bound on |float32 weight - exact weight|] per variable, after all steps.
+  """
+  w = [Bounded.exact(np.asarray(x, np.float32)) for x in weights]
+  v = [Bounded.exact(np.zeros(np.shape(x))) for x in weights]
+  mu, wd, eeta = (Bounded.rounded(c) for c in (MU, WD, EETA))
+  for grads, lr in zip(grads_per_step, lrs, strict=True):
+    for i, g in enumerate(grads):
+      g = Bounded.rounded(g) if rounded_grads else Bounded.exact(np.asarray(g, np.float32))
+      if use_decay[i]:
+        g = g + wd * w[i]
+      scaled_lr = lr
+      if use_adapt[i]:
+        wn, gn = w[i].square().sum().sqrt(), g.square().sum().sqrt()
+        if wn.v > 0 and gn.v > 0:
+          scaled_lr = lr * (eeta * wn / gn)
+      v[i] = mu * v[i] + scaled_lr * g
+      w[i] = w[i] - (mu * v[i] + scaled_lr * g if nesterov else v[i])
+  return [x.e for x in w]
 
 
 class _Tagged(keras.layers.Layer):
@@ -106,11 +145,14 @@ def test_steps_match_numpy(exclude, nesterov):
   excluded_ids = {id(v) for v in (excluded or [])}
   flags = [id(v) not in excluded_ids for v in variables]
   expected = _numpy_lars(start, grads, [LR] * 3, flags, flags, nesterov)
-  for v, e in zip(variables, expected, strict=True):
-    np.testing.assert_allclose(v.numpy(), e, rtol=1e-5, atol=1e-7)
-  if exclude:  # the exclusion must actually change something
+  bounds = _float32_lars_error(start, grads, [Bounded.exact(LR)] * 3, flags, flags, nesterov)
+  for v, e, b in zip(variables, expected, bounds, strict=True):
+    assert_within(v.numpy(), e, SAFETY * b, v.path)
+  if exclude:  # the exclusion must actually change something, by far more than rounding
     plain = _numpy_lars(start, grads, [LR] * 3, [True] * len(flags), [True] * len(flags), nesterov)
-    assert any(not np.allclose(p, e) for p, e in zip(plain, expected, strict=True))
+    assert any(
+      np.any(np.abs(p - e) > SAFETY * b) for p, e, b in zip(plain, expected, bounds, strict=True)
+    )
 
 
 def test_separate_adaptation_exclusion_and_predicate():
@@ -130,9 +172,11 @@ def test_separate_adaptation_exclusion_and_predicate():
   for g in grads:
     opt.apply_gradients(zip([tf.constant(x) for x in g], variables, strict=True))
   decay = [v is not kernel for v in variables]
-  expected = _numpy_lars(start, grads, [LR] * 2, decay, [True] * len(variables))
-  for v, e in zip(variables, expected, strict=True):
-    np.testing.assert_allclose(v.numpy(), e, rtol=1e-5, atol=1e-7)
+  adapt = [True] * len(variables)
+  expected = _numpy_lars(start, grads, [LR] * 2, decay, adapt)
+  bounds = _float32_lars_error(start, grads, [Bounded.exact(LR)] * 2, decay, adapt)
+  for v, e, b in zip(variables, expected, bounds, strict=True):
+    assert_within(v.numpy(), e, SAFETY * b, v.path)
 
 
 def test_jit_compile_matches_numpy():
@@ -152,8 +196,9 @@ def test_jit_compile_matches_numpy():
     apply([tf.constant(x) for x in g])
   flags = [id(v) not in {id(x) for x in excluded} for v in variables]
   expected = _numpy_lars(start, grads, [LR] * 2, flags, flags)
-  for v, e in zip(variables, expected, strict=True):
-    np.testing.assert_allclose(v.numpy(), e, rtol=1e-5, atol=1e-7)
+  bounds = _float32_lars_error(start, grads, [Bounded.exact(LR)] * 2, flags, flags)
+  for v, e, b in zip(variables, expected, bounds, strict=True):
+    assert_within(v.numpy(), e, SAFETY * b, v.path)
 
 
 def test_schedule_and_two_replicas():
@@ -190,13 +235,18 @@ def test_schedule_and_two_replicas():
   excluded = {id(v) for v in norm_and_bias_variables(model, extra_norm_types=(_Tagged,))}
   flags = [id(v) not in excluded for v in variables]
   summed = [
-    [a + b for a, b in zip(g0, g1, strict=True)] for g0, g1 in zip(grads[0], grads[1], strict=True)
+    [a.astype(np.float64) + b for a, b in zip(g0, g1, strict=True)]
+    for g0, g1 in zip(grads[0], grads[1], strict=True)
   ]
-  lrs = [float(schedule(s)) for s in range(3)]
-  assert lrs[0] == 0.0 and lrs[1] == pytest.approx(0.2)
+  # Closed form: peak 0.4 * 256 / 256, warmup 2 steps: 0, 0.2, then 0.4 * 0.5 * (1 + cos 0).
+  # In float32: 0 * x = 0; fl(0.4) / 2 = fl(0.2); fl(0.2) * 2 = fl(0.4) (halving is exact).
+  lrs = [0.0, 0.2, 0.4]
+  assert [float(schedule(s)) for s in range(3)] == [float(np.float32(x)) for x in lrs]
   expected = _numpy_lars(start, summed, lrs, flags, flags)
-  for v, e in zip(variables, expected, strict=True):
-    np.testing.assert_allclose(v.numpy(), e, rtol=1e-5, atol=1e-6)
+  lr_bounds = [Bounded.exact(0.0), Bounded.rounded(0.2), Bounded.rounded(0.4)]
+  bounds = _float32_lars_error(start, summed, lr_bounds, flags, flags, rounded_grads=True)
+  for v, e, b in zip(variables, expected, bounds, strict=True):
+    assert_within(v.numpy(), e, SAFETY * b, v.path)
 
 
 def test_serialization_round_trip():

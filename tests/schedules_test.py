@@ -1,12 +1,30 @@
-"""WarmupCosine against closed-form values."""
+"""WarmupCosine against closed-form values.
+
+Tolerances: the float32 arithmetic of the schedule, replayed on
+`float32_bounds.Bounded` (constants rounded to float32, a cos kernel of 2 ulp),
+times SAFETY; where that arithmetic is exact (0 at step 0) the test demands
+exact equality.
+"""
 
 import math
 
 import keras
 import numpy as np
 import pytest
+from float32_bounds import SAFETY, Bounded, assert_within
 
 from remedis_tf.optim import WarmupCosine, scaled_learning_rate
+
+
+def _float32_schedule(peak: float, warmup: int, total: int, step: int) -> Bounded:
+  """WarmupCosine.__call__'s float32 operations on exact inputs (value and error bound)."""
+  k = Bounded.exact(float(step))
+  if step < warmup:
+    return Bounded.rounded(peak) * k / float(warmup)
+  progress = (k - float(warmup)) / float(total - warmup)
+  if step >= total:
+    progress = Bounded.exact(1.0)  # clipped
+  return Bounded.rounded(peak * 0.5) * (1.0 + (Bounded.rounded(math.pi) * progress).cos())
 
 
 @pytest.mark.parametrize(
@@ -15,19 +33,25 @@ from remedis_tf.optim import WarmupCosine, scaled_learning_rate
 )
 def test_closed_form(scaling, peak):
   s = WarmupCosine(0.3, batch_size=1024, warmup_steps=100, total_steps=1100, scaling=scaling)
-  assert scaled_learning_rate(0.3, 1024, scaling) == pytest.approx(peak)
-  np.testing.assert_allclose(float(s(0)), 0.0, atol=1e-7)
-  np.testing.assert_allclose(float(s(50)), peak / 2, rtol=1e-6)
-  np.testing.assert_allclose(float(s(100)), peak, rtol=1e-6)  # warmup end
-  np.testing.assert_allclose(float(s(600)), peak / 2, rtol=1e-5)  # cosine mid-way
-  np.testing.assert_allclose(float(s(350)), peak * 0.5 * (1 + math.cos(math.pi / 4)), rtol=1e-5)
-  np.testing.assert_allclose(float(s(1100)), 0.0, atol=1e-6)  # end
-  np.testing.assert_allclose(float(s(2000)), 0.0, atol=1e-6)  # stays at zero
+  assert scaled_learning_rate(0.3, 1024, scaling) == peak  # the same float64 expression
+  closed_form = {
+    0: 0.0,
+    50: peak / 2,
+    100: peak,  # warmup end
+    350: peak * 0.5 * (1 + math.cos(math.pi / 4)),
+    600: peak / 2,  # cosine mid-way
+    1100: 0.0,  # end
+    2000: 0.0,  # stays at zero
+  }
+  for step, want in closed_form.items():
+    bound = SAFETY * _float32_schedule(peak, 100, 1100, step).e
+    assert_within(float(s(step)), want, bound, f"step {step}")
 
 
 def test_no_warmup_and_validation():
   s = WarmupCosine(0.1, 256, 0, 10)
-  np.testing.assert_allclose(float(s(0)), 0.1, rtol=1e-6)
+  # fl(0.1 / 2) * (1 + cos(fl(pi) * 0)) = fl(0.05) * 2: exactly the float32 nearest 0.1.
+  assert float(s(0)) == float(np.float32(0.1))
   with pytest.raises(ValueError):
     WarmupCosine(0.1, 256, 10, 10)
   with pytest.raises(ValueError):
@@ -39,4 +63,4 @@ def test_serializable():
   restored = keras.optimizers.schedules.deserialize(keras.optimizers.schedules.serialize(s))
   assert isinstance(restored, WarmupCosine)
   assert restored.get_config() == s.get_config()
-  assert float(restored(37)) == pytest.approx(float(s(37)))
+  assert float(restored(37)) == float(s(37))  # the same float32 operations on the same config
