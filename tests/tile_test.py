@@ -8,6 +8,7 @@ that is no slide. Patches are 64 px at 1.0 um/px, read exactly from level 1
 level array.
 """
 
+import dataclasses
 import glob
 import io
 import json
@@ -372,3 +373,46 @@ def test_error_texts_are_scrubbed_of_paths_and_names():
     "cannot open /data/site7/FAKEPHI-DOE.svs (FAKEPHI-DOE.svs, FAKEPHI-DOE) in /data/site7", source
   )
   assert "FAKEPHI" not in text and "/data" not in text and text.count("<slide>") == 4
+
+
+def test_max_patches_per_slide_draws_the_same_subset(data, run):
+  out, _ = run
+  full = {
+    (_value(ex, schema.PATCH_X), _value(ex, schema.PATCH_Y))
+    for _, ex in _records(out)
+    if _value(ex, schema.SLIDE_ID_HASH).decode() == hashing.keyed_hash(SALT.encode(), NAMES["tif"])
+  }
+  subsets = []
+  for name, seed in (("max_a", 0), ("max_b", 0), ("max_c", 1)):
+    policy = tiling.PatchPolicy(patch_size=64, target_mpp=1.0, max_patches_per_slide=10, seed=seed)
+    config = _config(data, data["root"] / name, input_path=str(data["src"] / NAMES["tif"]))
+    tile.tile(dataclasses.replace(config, policy=policy, labels_csv=None))
+    records = _records(data["root"] / name)
+    subsets.append({(_value(ex, schema.PATCH_X), _value(ex, schema.PATCH_Y)) for _, ex in records})
+  assert len(subsets[0]) == 10 and subsets[0] <= full
+  assert subsets[0] == subsets[1] and subsets[2] != subsets[0]
+
+
+def test_unlabeled_slides_are_reported_and_can_be_dropped(data):
+  labels = data["root"] / "one_label.csv"
+  labels.write_text("slide_id,diagnosis\nTCGA-AB-1234-01Z-00-DX1,tumor\n")
+  src = data["root"] / "two_slides"
+  src.mkdir()
+  for key in ("tif", "svs"):
+    os.symlink(data["src"] / NAMES[key], src / NAMES[key])
+  kept = tile.tile(
+    _config(data, data["root"] / "unl_keep", input_path=str(src), labels_csv=str(labels))
+  )
+  dropped = tile.tile(
+    _config(
+      data,
+      data["root"] / "unl_drop",
+      input_path=str(src),
+      labels_csv=str(labels),
+      drop_unlabeled=True,
+    )
+  )
+  assert kept["counts"]["slides_tiled"] == 2 and dropped["counts"]["slides_tiled"] == 1
+  assert dropped["counts"]["slides_dropped"] == 1
+  assert kept["errors"]["by_reason"] == dropped["errors"]["by_reason"] == {"unlabeled_slide": 1}
+  assert kept["counts"]["records_by_split_and_label"][kept["slides"][1]["split"]]["unlabeled"] > 0
