@@ -62,7 +62,7 @@ def thumbnail_name(slide_hash: str) -> str:
 
 
 def scrub(text: str, source: SlideSource) -> str:
-  """Removes the slide's paths and names (and anything longer than 500 characters) from a message."""
+  """Replaces the slide's paths and names in a message by "<slide>"; keeps 500 characters."""
   names = {*source.paths, source.name}
   for path in list(names):
     base = os.path.basename(path)

@@ -155,10 +155,10 @@ def level_plan(
   ds = downsamples[level]
   level_mpp = (mpp[0] * ds, mpp[1] * ds)
   stride = policy.stride or policy.patch_size
-  read = tuple(max(1, round(policy.patch_size * policy.target_mpp / m)) for m in level_mpp)
-  step = tuple(max(1, round(stride * policy.target_mpp / m)) for m in level_mpp)
-  patch_mpp = tuple(r * m / policy.patch_size for r, m in zip(read, level_mpp, strict=True))
-  return LevelPlan(level, ds, level_mpp, read, step, patch_mpp, policy.patch_size)  # type: ignore[arg-type]
+  rx, ry = (max(1, round(policy.patch_size * policy.target_mpp / m)) for m in level_mpp)
+  sx, sy = (max(1, round(stride * policy.target_mpp / m)) for m in level_mpp)
+  patch_mpp = (rx * level_mpp[0] / policy.patch_size, ry * level_mpp[1] / policy.patch_size)
+  return LevelPlan(level, ds, level_mpp, (rx, ry), (sx, sy), patch_mpp, policy.patch_size)
 
 
 def patch_grid(level_size: tuple[int, int], plan: LevelPlan) -> np.ndarray:
