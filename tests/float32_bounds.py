@@ -263,3 +263,89 @@ def assert_within(
       f"{err_msg}: {int(np.sum(~ok))} of {ok.size} entries outside the float32 bound; "
       f"worst at {i}: actual {a[i]!r}, desired {d[i]!r}, |diff| {diff[i]:.3g} > bound {b[i]:.3g}"
     )
+
+
+# ---------------------------------------------------------------------------
+# Deep networks: a statistical bound.
+# ---------------------------------------------------------------------------
+#
+# Running error analysis of a whole network gives worst-case bounds (n u per
+# length-n reduction, compounded over layers) that are orders of magnitude
+# above what float32 arithmetic does, because rounding errors are not
+# correlated. For network outputs the tests therefore rely on the
+# probabilistic model of Higham & Mary (SIAM J. Sci. Comput. 41(5), 2019):
+# rounding errors are independent and mean zero, so a length-n reduction of
+# random-sign terms errs by about u sqrt(n / 2) relative to its result, and a
+# network whose layers re-normalise (GroupNorm) adds its layers' independent
+# errors in quadrature: relative error ~ u sqrt(sum_l n_l / 2). A tolerance
+# allows SIGMAS standard deviations of that (one-sided tail 1e-9 per value).
+
+SIGMAS = 6.0
+BF16_U = 2.0**-9  # bfloat16 unit roundoff (8 significant bits)
+
+
+def statistical_relative_bound(reduction_sizes: list[int], u: float = U32) -> float:
+  """SIGMAS * u * sqrt(sum(n) / 2): the relative error of a chain of float32 reductions."""
+  return SIGMAS * u * math.sqrt(sum(reduction_sizes) / 2.0)
+
+
+def bit_reduction_sizes(
+  block_units: tuple[int, ...] = (1, 1, 1, 1),
+  width: int = 1,
+  height: int = 32,
+  width_px: int = 32,
+) -> list[int]:
+  """The reductions on a BiT ResNetV2's main path, for one (height, width_px) image.
+
+  Each weight-standardised convolution counts twice (its dot products over
+  k*k*C_in terms and the standardisation's moments over the same terms),
+  each GroupNorm once (moments over H*W*C/32 values), and the final global
+  average pool once. Strides follow remedis_tf.models.bit_resnet: root conv
+  and max-pool stride 2 each, block 1 stride 1, blocks 2-4 stride 2.
+
+  Returns:
+    The list of reduction lengths n_l.
+  """
+  up = lambda n, s: (n - 1) // s + 1  # noqa: E731
+  h, w = up(up(height, 2), 2), up(up(width_px, 2), 2)
+  sizes = [7 * 7 * 3] * 2
+  cin = 64 * width
+  for i, units in enumerate(block_units):
+    mid = 64 * width * 2**i
+    for unit in range(units):
+      stride = 2 if (i > 0 and unit == 0) else 1
+      sizes += [h * w * cin // 32, cin, cin, h * w * mid // 32, 9 * mid, 9 * mid]
+      h, w = up(h, stride), up(w, stride)
+      sizes += [h * w * mid // 32, mid, mid]
+      cin = 4 * mid
+  return sizes + [h * w * cin // 32, h * w]
+
+
+def bit_tiny_bound(height: int = 32, width_px: int = 32) -> float:
+  """Relative float32 error of bit-tiny (block_units 1, 1, 1, 1) at this image size."""
+  return statistical_relative_bound(bit_reduction_sizes((1, 1, 1, 1), 1, height, width_px))
+
+
+def assert_network_close(
+  got: np.ndarray,
+  want: np.ndarray,
+  relative_bound: float,
+  evaluations: int = 2,
+  err_msg: str = "",
+) -> None:
+  """|got - want| <= evaluations * relative_bound * rms(want), elementwise.
+
+  An output's rounding error scales with the magnitude of the terms its last
+  reductions add, i.e. with the layer's typical (rms) value, not with the
+  element itself (a near-zero element is not more exact).
+
+  Args:
+    got, want: network outputs; `want` is a float64 reference (evaluations=1)
+      or another float32 evaluation of the same network (evaluations=2).
+    relative_bound: from `statistical_relative_bound` / `bit_tiny_bound`.
+    evaluations: how many float32 evaluations the two sides carry.
+    err_msg: prefix of the failure message.
+  """
+  want = np.asarray(want, np.float64)
+  rms = float(np.sqrt(np.mean(np.square(want))))
+  assert_within(got, want, evaluations * relative_bound * rms, err_msg)
