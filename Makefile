@@ -36,9 +36,9 @@ $(BEAM_STAMP): requirements-beam.lock
 test: $(STAMP) $(BEAM_STAMP)
 	@mkdir -p $(RESULTS)
 	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile --junitxml=$(RESULTS)/pytest.xml \
-	  --ignore=tests/beam_pipeline_test.py tests
+	  --ignore=tests/beam_pipeline_test.py --ignore=tests/tile_beam_test.py tests
 	PYTHONPATH=$(CURDIR) $(BEAM_VENV)/bin/python -m pytest -p no:cacheprovider \
-	  --junitxml=$(RESULTS)/pytest-beam.xml tests/beam_pipeline_test.py
+	  --junitxml=$(RESULTS)/pytest-beam.xml tests/beam_pipeline_test.py tests/tile_beam_test.py
 
 # Fast unit tests only (what Bazel runs).
 test-fast: $(STAMP)

@@ -203,7 +203,8 @@ def write_npz(batches: Iterator[dict[str, np.ndarray]], output: str, **extra: An
     raise ValueError("No records to embed.")
   arrays = {name: np.concatenate(values) for name, values in parts.items()}
   for name in _STRING_FIELDS:
-    arrays[name] = _decode_strings(arrays[name])
+    if name in arrays:
+      arrays[name] = _decode_strings(arrays[name])
   for name, value in extra.items():
     arrays[name] = np.asarray(value)
   buffer = io.BytesIO()  # np.savez needs a seekable file; GFile may not be.

@@ -20,6 +20,7 @@ import tensorflow as tf
 from hub_export import export, export_main, load, metadata
 from remedis_tf.models import build_encoder_by_name
 from remedis_tf.train import finetune as finetune_lib
+from remedis_tf.train import run_dir
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -86,7 +87,7 @@ def keras_model(finetuned):
   """The fine-tuned encoder and head, rebuilt as remedis_tf.train.evaluate does."""
   source, model_dir = finetuned
   encoder = load.load_encoder(source, trainable=False, image_size=SIZE)
-  head = finetune_lib.build_head(2048, len(LABEL_NAMES))
+  head = run_dir.build_head(2048, len(LABEL_NAMES))
   status = tf.train.Checkpoint(encoder=encoder, head=head).read(
     tf.train.latest_checkpoint(model_dir)
   )

@@ -74,7 +74,8 @@ def _pixels(size: int, seed: int) -> np.ndarray:
 def write_multiclass(folder: str, num_shards: int = 2, per_shard: int = 4, size: int = 40) -> str:
   """Synthetic 12-bit radiographs as DICOM, 2 classes, 6 patients, through the converter.
 
-  Image n has class "abnormal" when n is odd, else "normal", and patient n % 6.
+  Image n has class "abnormal" (index 1) when n is odd, else "normal" (index 0),
+  and patient n % 6.
   Returns the glob of the converter's shards (about `num_shards` of them).
   """
   n = num_shards * per_shard
@@ -82,11 +83,12 @@ def write_multiclass(folder: str, num_shards: int = 2, per_shard: int = 4, size:
     {
       "pixels": _pixels(size, i),
       "patient": f"PAT-{i % 6:02d}",
-      "labels": {"finding": "abnormal" if i % 2 else "normal"},
+      # One-hot columns: the class order (label_names) is the column order.
+      "labels": {"normal": str(1 - i % 2), "abnormal": str(i % 2)},
     }
     for i in range(n)
   ]
-  return _convert_dicoms(folder, images, ["finding"], "multiclass")
+  return _convert_dicoms(folder, images, ["normal", "abnormal"], "multiclass")
 
 
 def write_multilabel(folder: str, n: int = 12, k: int = 3, size: int = 40) -> str:

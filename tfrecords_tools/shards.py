@@ -21,9 +21,12 @@ import hashlib
 import json
 import os
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from tfrecords_tools.archive_io import Member
-from tfrecords_tools.file_converter import FileResult
+
+if TYPE_CHECKING:  # Only a type here; importing it would load pydicom in tile workers.
+  from tfrecords_tools.file_converter import FileResult
 
 WORK_DIR = "_work"
 TMP_TAG = ".tmp-"
