@@ -30,7 +30,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-
+from remedis_tf import cpu_setup  # noqa: E402, F401  (oneDNN default, before TensorFlow)
 
 # --- A minimal JPEG lossless (SOF3, predictor 1) encoder. --------------------
 

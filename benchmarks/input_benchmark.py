@@ -16,6 +16,9 @@ and the ratio pipeline views/s : training views/s (target >= 2).
 
 from __future__ import annotations
 
+from remedis_tf import cpu_setup  # noqa: F401  (oneDNN default, before TensorFlow)
+
+# isort: split
 import os
 import tempfile
 import time

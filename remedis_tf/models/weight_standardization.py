@@ -5,8 +5,16 @@ axes before convolving::
 
     w_hat = (w - mean(w)) / sqrt(var(w) + 1e-10)      # moments over H, W, I
 
-and pads explicitly so the convolution itself is always VALID. The layer owns a
+and pads explicitly (BiT's fixed padding) before a VALID convolution. The layer owns a
 plain HWIO `kernel` variable (no bias) so a checkpoint maps onto it directly.
+
+Speed: `standardize_kernel` has a hand-written gradient (the closed form in
+its docstring), which walks the kernel about half as often as automatic
+differentiation of the moments does, and a stride-1 convolution whose
+explicit padding equals TensorFlow's SAME padding (kernel 3: one row and
+column of zeros on each side) is run as a SAME convolution, which skips the
+separate pad (and, in the backward pass, slice) of the activation. Both
+change no number beyond float32 rounding (the second changes none at all).
 
 Precision: the kernel is stored in the variable dtype (float32) and the layer
 disables Keras autocasting, so the standardization always runs in float32; only
@@ -19,6 +27,7 @@ from __future__ import annotations
 from typing import Any
 
 import keras
+import tensorflow as tf
 from keras import ops
 
 # BiT's standardization epsilon (big_transfer bit_tf2/models.py, bit_jax/models.py).
@@ -28,6 +37,13 @@ WS_EPSILON = 1e-10
 def standardize_kernel(kernel: Any, epsilon: float = WS_EPSILON) -> Any:
   """Standardizes an HWIO kernel over H, W and I, per output channel.
 
+  With n = kh * kw * in_channels, per output channel o:
+  mean = sum(w) / n, var = sum((w - mean)^2) / n (two passes),
+  w_hat = (w - mean) * r with r = rsqrt(var + epsilon). The gradient is the
+  closed form dw = r * (g - mean(g) - w_hat * mean(g * w_hat)) for the output
+  gradient g (means over H, W, I), the same as automatic differentiation's up
+  to float32 rounding.
+
   Args:
     kernel: (kh, kw, in_channels, out_channels) tensor; computed in float32.
     epsilon: added to the variance.
@@ -36,9 +52,22 @@ def standardize_kernel(kernel: Any, epsilon: float = WS_EPSILON) -> Any:
     Float32 tensor of the same shape, zero mean and unit variance per output
     channel.
   """
-  kernel = ops.cast(kernel, "float32")
-  mean, var = ops.moments(kernel, axes=[0, 1, 2], keepdims=True)
-  return (kernel - mean) * ops.rsqrt(var + epsilon)
+
+  @tf.custom_gradient
+  def forward(w: tf.Tensor) -> Any:
+    axes = [0, 1, 2]
+    centered = w - tf.reduce_mean(w, axis=axes, keepdims=True)
+    rstd = tf.math.rsqrt(tf.reduce_mean(tf.square(centered), axis=axes, keepdims=True) + epsilon)
+    w_hat = centered * rstd
+
+    def grad(g: tf.Tensor) -> tf.Tensor:
+      mean_g = tf.reduce_mean(g, axis=axes, keepdims=True)
+      mean_g_w_hat = tf.reduce_mean(g * w_hat, axis=axes, keepdims=True)
+      return (g - w_hat * mean_g_w_hat - mean_g) * rstd
+
+    return w_hat, grad
+
+  return forward(tf.cast(kernel, tf.float32))
 
 
 @keras.saving.register_keras_serializable(package="remedis_tf")
@@ -79,11 +108,13 @@ class StandardizedConv2D(keras.layers.Layer):
 
   def call(self, inputs: Any) -> Any:
     x = ops.cast(inputs, self.compute_dtype)
+    kernel = ops.cast(standardize_kernel(self.kernel), self.compute_dtype)
     total = self.kernel_size - 1
+    if self.pad and total == 2 and self.strides == 1:  # (1, 1) zeros: exactly SAME.
+      return ops.conv(x, kernel, strides=1, padding="same")
     if self.pad and total > 0:
       beg, end = total // 2, total - total // 2
       x = ops.pad(x, [[0, 0], [beg, end], [beg, end], [0, 0]])
-    kernel = ops.cast(standardize_kernel(self.kernel), self.compute_dtype)
     return ops.conv(x, kernel, strides=self.strides, padding="valid")
 
   def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
