@@ -25,7 +25,6 @@ import json
 import logging
 import multiprocessing
 import os
-import secrets
 import shutil
 import signal
 import sys
@@ -40,7 +39,7 @@ from tfrecords_tools.labels import LabelCsvError, LabelTable, read_labels
 from tfrecords_tools.pixel_policy import PixelPolicy
 from tfrecords_tools.version import CONVERTER_VERSION
 
-SALT_ENV = "REMEDIS_CONVERT_SALT"
+SALT_ENV = hashing.SALT_ENV
 RUNNERS = ("local", "beam")
 # Testing aid (see the module docstring): SIGKILL this process after N files.
 KILL_AFTER_FILES_ENV = "REMEDIS_CONVERT_KILL_AFTER_FILES"
@@ -246,28 +245,6 @@ def _run_local(
       pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _resolve_salt(config: ConvertConfig, work_dir: str) -> tuple[bytes, str]:
-  """Returns (salt, origin); a random salt is kept in the work dir until done."""
-  if config.salt:
-    return config.salt.encode("utf-8"), "user"
-  if os.environ.get(SALT_ENV):
-    return os.environ[SALT_ENV].encode("utf-8"), "user"
-  path = os.path.join(work_dir, "salt")
-  if os.path.exists(path):
-    with open(path, "rb") as f:
-      return f.read(), "random"
-  logging.warning(
-    "No --salt given: using a random salt that is discarded when the run "
-    "completes; hashed ids will not match any other conversion."
-  )
-  os.makedirs(work_dir, exist_ok=True)
-  salt = secrets.token_hex(32).encode("ascii")
-  fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-  with os.fdopen(fd, "wb") as f:
-    f.write(salt)
-  return salt, "random"
-
-
 def _configuration(config: ConvertConfig, salt_origin: str, salt: bytes) -> dict:
   """The run's configuration as recorded in the manifest (no secrets)."""
   out = dataclasses.asdict(config)
@@ -297,19 +274,6 @@ def _load_labels(config: ConvertConfig) -> LabelTable | None:
     )
   except LabelCsvError as e:
     raise UserError(str(e)) from e
-
-
-def _clear_output(output_dir: str) -> None:
-  for name in os.listdir(output_dir):
-    path = os.path.join(output_dir, name)
-    if (
-      name.endswith(".tfrecord")
-      or shards.TMP_TAG in name
-      or name in (manifest.MANIFEST, manifest.ERRORS)
-    ):
-      os.remove(path)
-    elif name == shards.WORK_DIR:
-      shutil.rmtree(path)
 
 
 def convert(config: ConvertConfig) -> dict:
@@ -355,9 +319,9 @@ def convert(config: ConvertConfig) -> dict:
       f"{output_dir} holds a different conversion; use another directory or --overwrite"
     )
   if config.overwrite and finished is not None:
-    _clear_output(output_dir)
+    shards.clear_output(output_dir)
 
-  salt, salt_origin = _resolve_salt(config, work_dir)
+  salt, salt_origin = hashing.resolve_salt(config.salt, work_dir)
   configuration = _configuration(config, salt_origin, salt)
 
   # Inputs (compressed tars are extracted once into the work dir).
@@ -397,8 +361,8 @@ def convert(config: ConvertConfig) -> dict:
             f"{output_dir} holds an unfinished conversion of other inputs or "
             "settings; use another directory or --overwrite"
           )
-        _clear_output(output_dir)
-        salt, salt_origin = _resolve_salt(config, work_dir)
+        shards.clear_output(output_dir)
+        salt, salt_origin = hashing.resolve_salt(config.salt, work_dir)
   shards.write_json_atomic(plan_path, plan)
 
   pending = [c for c in chunks if not os.path.exists(shards.marker_path(output_dir, c.index))]

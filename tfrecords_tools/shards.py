@@ -20,6 +20,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import shutil
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -220,3 +221,22 @@ class ChunkWriter:
     }
     write_json_atomic(marker_path(self._dir, self._chunk.index), marker)
     return marker
+
+
+def clear_output(output_dir: str, extra_dirs: Sequence[str] = ()) -> None:
+  """Deletes a previous run's shards, temporary files, manifest, errors and work dir.
+
+  Args:
+    output_dir: the output folder.
+    extra_dirs: more folder names of the run to delete (e.g. thumbnails).
+  """
+  from tfrecords_tools import manifest  # Lazy: manifest imports this module.
+
+  for name in os.listdir(output_dir):
+    path = os.path.join(output_dir, name)
+    if (
+      name.endswith(".tfrecord") or TMP_TAG in name or name in (manifest.MANIFEST, manifest.ERRORS)
+    ):
+      os.remove(path)
+    elif name == WORK_DIR or name in extra_dirs:
+      shutil.rmtree(path)

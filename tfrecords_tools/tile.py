@@ -35,7 +35,6 @@ import json
 import logging
 import multiprocessing
 import os
-import secrets
 import shutil
 import signal
 import sys
@@ -63,7 +62,7 @@ from tfrecords_tools.tile_chunks import Chunk
 from tfrecords_tools.version import CONVERTER_VERSION
 
 # The same variable as remedis-convert: both tools then hash a patient alike.
-SALT_ENV = "REMEDIS_CONVERT_SALT"
+SALT_ENV = hashing.SALT_ENV
 RUNNERS = ("local", "beam")
 
 
@@ -249,28 +248,6 @@ def _tile_local(
     tile_chunks.close_cached()
 
 
-def _resolve_salt(config: TileConfig, work_dir: str) -> tuple[bytes, str]:
-  """Returns (salt, origin); a random salt is kept in the work dir until done."""
-  if config.salt:
-    return config.salt.encode("utf-8"), "user"
-  if os.environ.get(SALT_ENV):
-    return os.environ[SALT_ENV].encode("utf-8"), "user"
-  path = os.path.join(work_dir, "salt")
-  if os.path.exists(path):
-    with open(path, "rb") as f:
-      return f.read(), "random"
-  logging.warning(
-    "No --salt given: using a random salt that is discarded when the run "
-    "completes; hashed ids will not match any other run."
-  )
-  os.makedirs(work_dir, exist_ok=True)
-  salt = secrets.token_hex(32).encode("ascii")
-  fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-  with os.fdopen(fd, "wb") as f:
-    f.write(salt)
-  return salt, "random"
-
-
 def _configuration(config: TileConfig, salt_origin: str, salt: bytes, names: Sequence[str]) -> dict:
   """The run's configuration as recorded in the manifest (no secret, no slide name)."""
   out = dataclasses.asdict(config)
@@ -336,19 +313,6 @@ def _load_labels(config: TileConfig) -> slide_labels.SlideLabelTable | None:
     raise UserError(str(e)) from e
 
 
-def _clear_output(output_dir: str) -> None:
-  for name in os.listdir(output_dir):
-    path = os.path.join(output_dir, name)
-    if (
-      name.endswith(".tfrecord")
-      or shards.TMP_TAG in name
-      or name in (manifest.MANIFEST, manifest.ERRORS)
-    ):
-      os.remove(path)
-    elif name in (shards.WORK_DIR, slide_survey.THUMBNAIL_DIR):
-      shutil.rmtree(path)
-
-
 def list_inputs(input_path: str) -> slide_inputs.Listing:
   """The slides a run on `input_path` would tile, in index order (for local use).
 
@@ -397,9 +361,9 @@ def tile(config: TileConfig) -> dict:
       return finished
     raise UserError(f"{output_dir} holds a different run; use another folder or --overwrite")
   if config.overwrite and finished is not None:
-    _clear_output(output_dir)
+    shards.clear_output(output_dir, (slide_survey.THUMBNAIL_DIR,))
 
-  salt, salt_origin = _resolve_salt(config, work_dir)
+  salt, salt_origin = hashing.resolve_salt(config.salt, work_dir)
   configuration = _configuration(config, salt_origin, salt, names)
   plan = {
     "configuration": configuration,
@@ -412,8 +376,8 @@ def tile(config: TileConfig) -> dict:
         f"{output_dir} holds an unfinished run of other slides or settings; "
         "use another folder or --overwrite"
       )
-    _clear_output(output_dir)
-    salt, salt_origin = _resolve_salt(config, work_dir)
+    shards.clear_output(output_dir, (slide_survey.THUMBNAIL_DIR,))
+    salt, salt_origin = hashing.resolve_salt(config.salt, work_dir)
     configuration = _configuration(config, salt_origin, salt, names)
     plan = {"configuration": configuration, "slides": [hashing.keyed_hash(salt, n) for n in names]}
   shards.write_json_atomic(plan_path, plan)
