@@ -81,6 +81,9 @@ class Bounded:
   def __rsub__(self, o: Bounded | float) -> Bounded:
     return _as_bounded(o) - self
 
+  def __rtruediv__(self, o: Bounded | float) -> Bounded:
+    return _as_bounded(o) / self
+
   def __neg__(self) -> Bounded:
     return Bounded(-self.v, self.e)
 
@@ -349,3 +352,52 @@ def assert_network_close(
   want = np.asarray(want, np.float64)
   rms = float(np.sqrt(np.mean(np.square(want))))
   assert_within(got, want, evaluations * relative_bound * rms, err_msg)
+
+
+def softmax(logits: Bounded) -> Bounded:
+  """tf.nn.softmax over the last axis: exp(x - max) / sum, replayed."""
+  ex = (logits - logits.max(axis=-1, keepdims=True)).exp()
+  return ex / ex.sum(axis=-1, keepdims=True)
+
+
+def sigmoid(logits: Bounded) -> Bounded:
+  """1 / (1 + exp(-x)), replayed."""
+  return 1.0 / (1.0 + (-logits).exp())
+
+
+def probability_tolerance(logits: np.ndarray, logit_error: float, multilabel: bool) -> np.ndarray:
+  """Bound on |p - p_ref| when the logits err by at most `logit_error` each.
+
+  Softmax: |dp_j| <= p_j (|dl_j| + sum_k p_k |dl_k|) <= 2 p_j max|dl|; sigmoid:
+  |dp| <= p (1 - p) |dl|. Plus SAFETY times the float32 rounding of computing p
+  itself from the logits (replayed).
+
+  Args:
+    logits: (N, C) float64 logits.
+    logit_error: max |error| of each logit (0 when both sides use the same logits).
+    multilabel: sigmoid instead of softmax.
+
+  Returns:
+    (N, C) elementwise tolerance.
+  """
+  x = Bounded.exact(np.asarray(logits, np.float32))
+  p = sigmoid(x) if multilabel else softmax(x)
+  spread = p.v * (1 - p.v) if multilabel else 2 * p.v
+  return spread * logit_error + SAFETY * p.e
+
+
+def random_walk_sum_error(sum_of_squares: np.ndarray | float, n: int) -> np.ndarray | float:
+  """SIGMAS standard deviations of a float32 sum of n random-sign terms (Higham & Mary).
+
+  The partial sums of terms with rms s grow like s sqrt(k); each addition errs
+  by a uniform fraction (std u / sqrt(3)) of its partial sum, so the error has
+  std u s sqrt(sum_k k / 3) = u s n / sqrt(6).
+
+  Args:
+    sum_of_squares: sum of the squared terms (n s^2), any shape.
+    n: the number of terms.
+
+  Returns:
+    SIGMAS * u * sqrt(sum_of_squares * n / 6), elementwise.
+  """
+  return SIGMAS * U32 * np.sqrt(np.asarray(sum_of_squares) * n / 6.0)

@@ -11,6 +11,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_hub as hub
 import tf_keras
+from float32_bounds import assert_network_close, bit_tiny_bound
 
 from hub_export import export, load
 from remedis_tf.models import build_encoder_by_name
@@ -114,8 +115,11 @@ def test_loaded_encoder_matches_export_and_checkpoints(exported, tmp_path):
   images = np.random.default_rng(1).random((2, 64, 64, 3)).astype("float32")
   want = obj(images).numpy()
   out = model(images)
-  np.testing.assert_allclose(out["feature_map"], want, atol=1e-5, rtol=0)
-  np.testing.assert_allclose(out["embedding"], want.mean(axis=(1, 2)), atol=1e-5, rtol=0)
+  # Two float32 evaluations of bit-tiny (the wrapper's and the SavedModel's own call): the
+  # statistical bound of its reductions at 64 px, twice (float32_bounds.bit_tiny_bound).
+  bound = bit_tiny_bound(64, 64)
+  assert_network_close(out["feature_map"], want, bound, err_msg="feature_map")
+  assert_network_close(out["embedding"], want.mean(axis=(1, 2)), bound, err_msg="embedding")
   # A training loop's tf.train.Checkpoint round-trips the wrapped weights.
   encoder = model.get_layer("encoder_model").get_layer("encoder")
   saved = [w.numpy().copy() for w in encoder.weights]
