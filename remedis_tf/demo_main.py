@@ -10,6 +10,15 @@ REMEDIS and a supervised baseline at several label counts, evaluates in
 distribution (site A) and out of distribution (site B), exports the REMEDIS
 encoder as a TF-Hub SavedModel and writes report.md, report.json and plots
 to --output_dir. Rerunning resumes: finished stages and runs are skipped.
+
+Stopping: SIGTERM or SIGINT (Ctrl-C) checkpoints the pretraining or the
+fine-tuning runs in progress and stops the study with exit code 3
+("interrupted; rerun the same command to resume"). Rerunning the same command
+resumes each checkpointed run from its checkpoint; a run counts as finished
+only when it reached its step count with the same configuration.
+
+Exit codes: 0 done; 1 error (bad flags, bad input, a failure with its
+traceback); 3 interrupted by SIGTERM/SIGINT, resumable.
 """
 
 from __future__ import annotations
@@ -17,9 +26,14 @@ from __future__ import annotations
 from remedis_tf import cpu_setup  # noqa: F401  (oneDNN default, before TensorFlow)
 
 # isort: split
+import sys
+
 from absl import app, flags, logging
 
 from remedis_tf.demo import study, study_config
+
+# Exit status when SIGTERM/SIGINT stopped the study (resumable by rerunning).
+EXIT_INTERRUPTED = 3
 
 _OUTPUT_DIR = flags.DEFINE_string(
   "output_dir", None, "Study output directory (reused to resume).", required=True
@@ -62,6 +76,12 @@ _NUM_SEEDS = flags.DEFINE_integer(
 _NUM_WORKERS = flags.DEFINE_integer(
   "num_workers", None, "Processes for archive generation and conversion (default: the scale's)."
 )
+_FINETUNE_WORKERS = flags.DEFINE_integer(
+  "finetune_workers",
+  None,
+  "Processes that run fine-tuning runs in parallel, one TensorFlow thread each "
+  "(default 0: one per usable CPU core, at most 8). Results do not depend on it.",
+)
 _UNTIL = flags.DEFINE_enum(
   "until", None, list(study_config.STAGES), "Stop after this stage (default: run all)."
 )
@@ -84,9 +104,17 @@ def main(argv: list[str]) -> None:
     headline_finding=_HEADLINE.value,
     num_seeds=_NUM_SEEDS.value,
     num_workers=_NUM_WORKERS.value,
+    finetune_workers=_FINETUNE_WORKERS.value,
     until=_UNTIL.value,
   )
-  report = study.run_study(config)
+  try:
+    report = study.run_study(config)
+  except study.StudyInterrupted as e:
+    print(
+      f"Interrupted ({e}); checkpoints are saved. Rerun the same command to resume.",
+      file=sys.stderr,
+    )
+    sys.exit(EXIT_INTERRUPTED)
   if "until" in report:
     print(f"Stopped after stage {report['until']}; rerun without --until to finish.")
     return

@@ -250,7 +250,17 @@ def _config(tmp_path, **overrides):
 
 
 ENVIRONMENT = {
-  "cpu": {"model": "AMD EPYC 7B13", "avx512": False, "avx2": True, "flags": ["avx2", "fma"]},
+  "cpu": {
+    "model": "AMD EPYC 7B13",
+    "avx2": True,
+    "avx512f": False,
+    "avx512_bf16": False,
+    "amx": False,
+    "cores": 2,
+    "class": "AVX2 only",
+  },
+  "finetune_workers": 2,
+  "threads_per_finetune_run": 1,
   "onednn": "1",
   "tensorflow": "2.21.0",
   "stages": {
@@ -320,7 +330,9 @@ def test_write_report_end_to_end_with_a_clear_effect(tmp_path):
     in markdown
   )
   assert "| cardiomegaly | OOD (site B) |" in markdown and "| opacity | ID (site A) |" in markdown
-  assert "AMD EPYC 7B13; AVX-512: no; AVX2: yes" in markdown and "oneDNN: on" in markdown
+  assert "AMD EPYC 7B13, 2 cores, class AVX2 only (AVX-512: no; AVX2: yes)" in markdown
+  assert "2 worker process(es), 1 TensorFlow thread(s) per run" in markdown
+  assert "oneDNN: on" in markdown
   assert "| pretrain | 120.5 | 16000 | 132.8 |" in markdown
   assert "| generate | 30.0 | - | - |" in markdown
   for name in saved["plots"].values():

@@ -10,9 +10,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+from tfrecords_tools import json_io
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,11 +155,14 @@ def fmt_factor(value: float | str | None) -> str:
 
 
 def write_json(path: str, payload: Mapping[str, Any]) -> None:
-  """Writes strict JSON (NaN or infinity is an error) atomically: temporary name, then rename."""
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(payload, f, indent=2, sort_keys=True, allow_nan=False)
-  os.replace(tmp, path)
+  """Writes strict JSON atomically (`json_io.write_json`); NaN or infinity is an error here.
+
+  `json_io` would write a non-finite number as null; the report must have
+  turned every undefined value into None itself (`json_safe`), so one left
+  over is a bug and raises ValueError.
+  """
+  json.dumps(payload, allow_nan=False)
+  json_io.write_json(path, payload)
 
 
 def json_safe(value: Any) -> Any:

@@ -1,14 +1,15 @@
 """Resumable stages: a JSON marker per finished stage, progress lines with elapsed time.
 
-A stage's marker (`<dir>/<name>.done.json`) is written atomically after the
-stage finishes and holds the stage's JSON result; a rerun returns that result
-without running the stage again. The same markers cache single fine-tuning
-runs, so an interrupted study resumes where it stopped.
+A stage's marker (`<dir>/<name>.done.json`) is written atomically
+(`tfrecords_tools.json_io`) after the stage finishes and holds the stage's
+JSON result; a rerun returns that result without running the stage again. A
+stage that raises (an interruption included) writes no marker, so a rerun
+runs it again; stages make their own work resumable (fine-tuning runs keep
+checkpoints and results, see `remedis_tf.demo.study_runs`).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Callable
@@ -16,28 +17,18 @@ from typing import Any
 
 from absl import logging
 
-
-def read_json(path: str) -> Any | None:
-  """The JSON content of `path`, or None when it does not exist."""
-  if not os.path.exists(path):
-    return None
-  with open(path, encoding="utf-8") as f:
-    return json.load(f)
-
-
-def write_json_atomic(path: str, payload: Any) -> None:
-  """Writes JSON to a temporary file, fsyncs it and renames it into place."""
-  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(payload, f, indent=2, sort_keys=True, allow_nan=False)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
+from tfrecords_tools import json_io
 
 
 class StageRunner:
-  """Runs named stages once, logging progress with the time since the study began."""
+  """Runs named stages once, logging progress with the time since the study began.
+
+  Attributes:
+    marker_dir: where the markers are.
+    ran: stages run by this invocation, in order.
+    skipped: stages whose marker existed.
+    seconds: stage -> its run time (from the marker for skipped stages).
+  """
 
   def __init__(self, marker_dir: str) -> None:
     self.marker_dir = marker_dir
@@ -45,6 +36,7 @@ class StageRunner:
     self.ran: list[str] = []
     self.skipped: list[str] = []
     self.seconds: dict[str, float] = {}
+    self.results: dict[str, dict[str, Any]] = {}
 
   def elapsed(self) -> float:
     """Seconds since this runner was created."""
@@ -64,23 +56,44 @@ class StageRunner:
 
     Args:
       name: stage name (also the marker's file name).
-      fn: computes the stage; returns a JSON-serialisable dict.
+      fn: computes the stage; returns a JSON-serialisable dict, optionally
+        with 'examples' (examples the stage processed, for its throughput).
 
     Returns:
-      The stage result, with 'seconds' (the stage's own run time).
+      The stage result, with 'seconds' (the stage's own run time) and, when
+      `fn` gave 'examples', 'examples_per_second'.
     """
-    cached = read_json(self.marker_path(name))
+    cached = json_io.read_json(self.marker_path(name))
     if cached is not None:
       self.skipped.append(name)
       self.seconds[name] = float(cached.get("seconds", 0.0))
+      self.results[name] = cached
       self.log("stage %s: already done (marker %s), skipped.", name, self.marker_path(name))
       return cached
     self.log("stage %s: started.", name)
     t0 = time.perf_counter()
     result = dict(fn())
-    result["seconds"] = round(time.perf_counter() - t0, 2)
-    write_json_atomic(self.marker_path(name), result)
+    seconds = time.perf_counter() - t0
+    result["seconds"] = round(seconds, 2)
+    examples = result.get("examples")
+    rate = ""
+    if examples is not None:
+      result["examples_per_second"] = round(examples / max(seconds, 1e-9), 2)
+      rate = f" ({examples} examples, {result['examples_per_second']:.1f} examples/s)"
+    json_io.write_json(self.marker_path(name), result)
     self.ran.append(name)
     self.seconds[name] = result["seconds"]
-    self.log("stage %s: done in %.1f s.", name, result["seconds"])
+    self.results[name] = result
+    self.log("stage %s: done in %.1f s%s.", name, seconds, rate)
     return result
+
+  def throughput(self) -> dict[str, dict[str, Any]]:
+    """stage -> {'seconds', 'examples', 'examples_per_second'} of every stage seen."""
+    return {
+      name: {
+        "seconds": result.get("seconds"),
+        "examples": result.get("examples"),
+        "examples_per_second": result.get("examples_per_second"),
+      }
+      for name, result in self.results.items()
+    }

@@ -26,7 +26,7 @@ METHODS = ("remedis", "baseline")
 SITES = ("siteA", "siteB")
 FINDINGS = ("opacity", "cardiomegaly")
 # Fields that do not change any result: they may differ when a study resumes.
-RESUMABLE_FIELDS = ("output_dir", "until", "num_workers")
+RESUMABLE_FIELDS = ("output_dir", "until", "num_workers", "finetune_workers")
 
 
 # The `cxr` preset made milder for 64-px phantoms: crops keep at least a third
@@ -75,6 +75,9 @@ class StudyConfig:
     num_seeds: repeats (label subset, head init, data order) per label count.
     headline_finding: finding whose AUROC the curves and the factor use.
     num_workers: processes for archive generation and conversion.
+    finetune_workers: processes that run fine-tuning runs in parallel, one
+      TensorFlow thread each (0: one per usable CPU core, at most 8). Does
+      not change results: every run uses one thread however many run.
     until: stop after this stage (None: run every stage).
   """
 
@@ -106,6 +109,7 @@ class StudyConfig:
   # both methods stay closer to chance on them. Both are reported (macro AUROC).
   headline_finding: str = "cardiomegaly"
   num_workers: int = 2
+  finetune_workers: int = 0
   until: str | None = None
 
   def validate(self) -> None:
@@ -122,6 +126,8 @@ class StudyConfig:
       raise ValueError("site_a_labels and site_b_labels must not be empty.")
     if min(self.site_a_labels + self.site_b_labels) < 1:
       raise ValueError("label counts must be positive.")
+    if self.finetune_workers < 0:
+      raise ValueError(f"finetune_workers must be >= 0, got {self.finetune_workers}.")
     if self.image_size % 32:
       raise ValueError(f"image_size must be a multiple of 32, got {self.image_size}.")
 
@@ -135,12 +141,13 @@ class StudyConfig:
 
 
 SCALE_PRESETS: dict[str, dict[str, Any]] = {
-  # The test suite's end-to-end check: every stage, minimal compute.
+  # The test suite's end-to-end and interrupt checks: every stage, as little
+  # compute as runs it (4 fine-tuning steps leave room to stop one midway).
   "tiny": {
-    "pretrain_steps": 6,
-    "pretrain_batch_size": 32,
-    "finetune_steps": 6,
-    "finetune_batch_size": 16,
+    "pretrain_steps": 3,
+    "pretrain_batch_size": 16,
+    "finetune_steps": 4,
+    "finetune_batch_size": 8,
     "site_a_labels": (8,),
     "site_b_labels": (8,),
     "num_seeds": 1,

@@ -358,6 +358,7 @@ def _archive_summary(summary: Mapping[str, Any]) -> dict[str, Any]:
 
 def _run_row(run: Mapping[str, Any]) -> dict[str, Any]:
   keep = (
+    "run",
     "method",
     "train_site",
     "n_labels",
@@ -500,8 +501,11 @@ def _environment_lines(report: Mapping[str, Any]) -> list[str]:
     yes = {True: "yes", False: "no", None: "n/a"}
     onednn = {"1": "on", "0": "off"}.get(str(env.get("onednn")), "n/a")
     lines += [
-      f"- CPU: {cpu.get('model', 'n/a')}; AVX-512: {yes[cpu.get('avx512')]}; "
-      f"AVX2: {yes[cpu.get('avx2')]}.",
+      f"- CPU: {cpu.get('model', 'n/a')}, {cpu.get('cores', 'n/a')} cores, class "
+      f"{cpu.get('class', 'n/a')} (AVX-512: {yes[cpu.get('avx512f')]}; "
+      f"AVX2: {yes[cpu.get('avx2')]}).",
+      f"- Fine-tuning: {env.get('finetune_workers', 'n/a')} worker process(es), "
+      f"{env.get('threads_per_finetune_run', 'n/a')} TensorFlow thread(s) per run.",
       f"- oneDNN: {onednn} (TF_ENABLE_ONEDNN_OPTS={env.get('onednn', 'n/a')}); TensorFlow "
       f"{env.get('tensorflow', 'n/a')}.",
       "",
@@ -719,9 +723,9 @@ def write_report(
     results: stage name -> stage result.
     stage_seconds: stage name -> seconds.
     elapsed: seconds of this invocation so far.
-    environment: {'cpu': {'model', 'avx512', 'avx2', 'flags'}, 'onednn',
-      'tensorflow', 'stages': {stage: {'seconds', 'examples',
-      'examples_per_second'}}} or None.
+    environment: {'cpu': `cpu_setup.cpu_info()` plus 'class', 'onednn',
+      'tensorflow', 'finetune_workers', 'threads_per_finetune_run', 'stages':
+      {stage: {'seconds', 'examples', 'examples_per_second'}}} or None.
     num_replicates: bootstrap replicates.
     bootstrap_seed: bootstrap seed (default: config.seed).
 
