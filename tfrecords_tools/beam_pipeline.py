@@ -15,6 +15,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+# How remedis-convert and remedis-tile run: local processes, or this Beam pipeline.
+RUNNERS = ("local", "beam")
+
 try:
   import apache_beam as beam
   from apache_beam.options.pipeline_options import PipelineOptions

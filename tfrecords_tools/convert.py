@@ -33,14 +33,14 @@ import zipfile
 import zlib
 from collections.abc import Iterable, Sequence
 
-from tfrecords_tools import archive_io, hashing, manifest, shards, splits
+from tfrecords_tools import archive_io, beam_pipeline, hashing, manifest, shards, splits
 from tfrecords_tools.file_converter import FileContext, FileResult, convert_bytes
 from tfrecords_tools.labels import LabelCsvError, LabelTable, read_labels
 from tfrecords_tools.pixel_policy import PixelPolicy
 from tfrecords_tools.version import CONVERTER_VERSION
 
 SALT_ENV = hashing.SALT_ENV
-RUNNERS = ("local", "beam")
+RUNNERS = beam_pipeline.RUNNERS
 # Testing aid (see the module docstring): SIGKILL this process after N files.
 KILL_AFTER_FILES_ENV = "REMEDIS_CONVERT_KILL_AFTER_FILES"
 # What reading a member of a directory, zip or tar raises when the input is

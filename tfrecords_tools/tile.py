@@ -42,6 +42,7 @@ import time
 from collections.abc import Iterable, Sequence
 
 from tfrecords_tools import (
+  beam_pipeline,
   hashing,
   manifest,
   patch_example,
@@ -63,7 +64,7 @@ from tfrecords_tools.version import CONVERTER_VERSION
 
 # The same variable as remedis-convert: both tools then hash a patient alike.
 SALT_ENV = hashing.SALT_ENV
-RUNNERS = ("local", "beam")
+RUNNERS = beam_pipeline.RUNNERS
 
 
 class UserError(Exception):

@@ -14,28 +14,25 @@ different run).
 from __future__ import annotations
 
 import json
-import sys
 
 from absl import app, flags, logging
 
+from tfrecords_tools import run_flags
 from tfrecords_tools import tile as tile_lib
-from tfrecords_tools.labels import LABEL_MODES
 from tfrecords_tools.patch_example import PATCH_FORMATS
-from tfrecords_tools.splits import parse_fractions
 from tfrecords_tools.tiling import PatchPolicy
 from tfrecords_tools.tissue import TissueConfig
 
-_INPUT = flags.DEFINE_string(
-  "input",
-  None,
-  "A folder of slides, searched recursively (svs, tif/tiff, ndpi, mrxs, scn, vms, vmu, bif, "
-  "svslide through OpenSlide; DICOM WSI: the files of one slide in one folder), or one slide.",
-)
-_OUTPUT_DIR = flags.DEFINE_string(
-  "output_dir",
-  None,
-  "Output folder for {split}-NNNNN-of-NNNNN.tfrecord shards, thumbnails/, manifest.json and "
-  "errors.json. Rerunning the same command resumes an interrupted run.",
+_RUN = run_flags.define(
+  input_help="A folder of slides, searched recursively (svs, tif/tiff, ndpi, mrxs, scn, vms, "
+  "vmu, bif, svslide through OpenSlide; DICOM WSI: the files of one slide in one folder), or "
+  "one slide.",
+  output_help="Output folder for {split}-NNNNN-of-NNNNN.tfrecord shards, thumbnails/, "
+  "manifest.json and errors.json. Rerunning the same command resumes an interrupted run.",
+  labels_help="Labels CSV keyed by slide_id, case_id or patient_id (the first such column). A "
+  "slide-keyed CSV may add case_id / patient_id columns to say whose slide it is.",
+  item="slides",
+  salt_ids="slide, case and patient ids",
 )
 _LIST_SLIDES = flags.DEFINE_bool(
   "list_slides",
@@ -82,58 +79,13 @@ _MIN_TISSUE_AREA = flags.DEFINE_float(
 _PATCH_FORMAT = flags.DEFINE_enum(
   "patch_format", "png", list(PATCH_FORMATS), "png (lossless) or jpeg (--jpeg_quality)."
 )
-_PNG_COMPRESSION = flags.DEFINE_integer("png_compression", 1, "zlib level 0..9 of the PNGs.")
 _JPEG_QUALITY = flags.DEFINE_integer("jpeg_quality", 90, "JPEG quality 1..95 (4:4:4 chroma).")
-_LABELS_CSV = flags.DEFINE_string(
-  "labels_csv",
-  None,
-  "Labels CSV keyed by slide_id, case_id or patient_id (the first such column). A slide-keyed "
-  "CSV may add case_id / patient_id columns to say whose slide it is.",
-)
-_LABEL_KEY_COLUMN = flags.DEFINE_string(
-  "label_key_column", None, "Key column of the labels CSV (default: auto-detected)."
-)
-_LABEL_COLUMNS = flags.DEFINE_list(
-  "label_columns", [], "Label columns (comma-separated; default: all non-id, non-site columns)."
-)
-_LABEL_MODE = flags.DEFINE_enum(
-  "label_mode", "multiclass", list(LABEL_MODES), "multiclass or multilabel (as remedis-convert)."
-)
-_SITE_COLUMN = flags.DEFINE_string("site_column", None, "Site column (default: 'site').")
-_DEFAULT_SITE = flags.DEFINE_string("default_site", "", "Site of slides without a CSV site.")
-_DROP_UNLABELED = flags.DEFINE_bool(
-  "drop_unlabeled", False, "Skip slides that match no label row (default: tile with label -1)."
-)
-_SALT = flags.DEFINE_string(
-  "salt",
-  None,
-  "Secret key for the HMAC-SHA256 of slide, case and patient ids. Default: "
-  "$REMEDIS_CONVERT_SALT, else a random salt discarded at the end. The same salt as "
-  "remedis-convert gives the same patient hashes.",
-)
-_SPLIT_FRACTIONS = flags.DEFINE_string(
-  "split_fractions", "0.8,0.1,0.1", "train,validation,test fractions of patients."
-)
 _PATCHES_PER_SHARD = flags.DEFINE_integer(
   "patches_per_shard", 2048, "Patches per shard; a big slide spans several shards."
 )
 _THUMBNAIL_MAX_SIDE = flags.DEFINE_integer(
   "thumbnail_max_side", 2048, "Longest side of the per-slide check thumbnails."
 )
-_NUM_WORKERS = flags.DEFINE_integer(
-  "num_workers", 1, "Local worker processes (1: in this process)."
-)
-_RUNNER = flags.DEFINE_enum(
-  "runner",
-  "local",
-  list(tile_lib.RUNNERS),
-  "local: this process or --num_workers processes. beam: an Apache Beam pipeline.",
-)
-_BEAM_OPTIONS = flags.DEFINE_list(
-  "beam_options", [], "Beam pipeline options, e.g. --beam_options=--runner=DirectRunner."
-)
-_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace whatever run output_dir holds.")
-_PROGRESS = flags.DEFINE_bool("progress", True, "Show slides and patches/s on stderr.")
 
 flags.mark_flag_as_required("input")
 
@@ -158,8 +110,8 @@ def _list_slides() -> int:
 
   from tfrecords_tools import hashing
 
-  listing = tile_lib.list_inputs(_INPUT.value)
-  salt = _SALT.value or os.environ.get(tile_lib.SALT_ENV)
+  listing = tile_lib.list_inputs(_RUN.input.value)
+  salt = _RUN.salt.value or os.environ.get(tile_lib.SALT_ENV)
   for i, source in enumerate(listing.slides):
     digest = hashing.keyed_hash(salt.encode("utf-8"), source.name) if salt else "-"
     print(f"{i}\t{digest}\t{source.kind}\t{source.name}")
@@ -172,15 +124,14 @@ def main(argv: list[str]) -> int:
   try:
     if _LIST_SLIDES.value:
       return _list_slides()
-    if not _OUTPUT_DIR.value:
+    if not _RUN.output_dir.value:
       raise tile_lib.UserError("--output_dir is required")
     try:
-      fractions = parse_fractions(_SPLIT_FRACTIONS.value)
+      shared = run_flags.config_fields(_RUN)
     except ValueError as e:
-      raise tile_lib.UserError(f"--split_fractions: {e}") from e
+      raise tile_lib.UserError(str(e)) from e
     config = tile_lib.TileConfig(
-      input_path=_INPUT.value,
-      output_dir=_OUTPUT_DIR.value,
+      **shared,
       policy=PatchPolicy(
         patch_size=_PATCH_SIZE.value,
         target_mpp=_TARGET_MPP.value,
@@ -193,24 +144,9 @@ def main(argv: list[str]) -> int:
       tissue=TissueConfig(mask_mpp=_MASK_MPP.value, min_tissue_area_um2=_MIN_TISSUE_AREA.value),
       assume_mpp=_ASSUME_MPP.value,
       patch_format=_PATCH_FORMAT.value,
-      png_compression=_PNG_COMPRESSION.value,
       jpeg_quality=_JPEG_QUALITY.value,
-      labels_csv=_LABELS_CSV.value,
-      label_key_column=_LABEL_KEY_COLUMN.value,
-      label_columns=tuple(_LABEL_COLUMNS.value),
-      label_mode=_LABEL_MODE.value,
-      site_column=_SITE_COLUMN.value,
-      default_site=_DEFAULT_SITE.value,
-      drop_unlabeled=_DROP_UNLABELED.value,
-      salt=_SALT.value,
-      split_fractions=fractions,
       patches_per_shard=_PATCHES_PER_SHARD.value,
       thumbnail_max_side=_THUMBNAIL_MAX_SIDE.value,
-      num_workers=_NUM_WORKERS.value,
-      runner=_RUNNER.value,
-      beam_options=tuple(_BEAM_OPTIONS.value),
-      overwrite=_OVERWRITE.value,
-      progress=_PROGRESS.value and sys.stderr.isatty(),
     )
     result = tile_lib.tile(config)
   except tile_lib.UserError as e:
@@ -225,10 +161,7 @@ def main(argv: list[str]) -> int:
 
 def run() -> None:
   """Console-script entry point (`remedis-tile`, `python -m tfrecords_tools.tile`)."""
-  for flag in set(flags.FLAGS.get_flags_for_module(__name__)):
-    flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
-  sys.modules["__main__"].__doc__ = __doc__
-  app.run(main)
+  run_flags.run_cli(main, __name__, __doc__)
 
 
 if __name__ == "__main__":
