@@ -273,3 +273,43 @@ def moco(
     "metric_loss": all_reduce_mean(_local_means(per, replicas)),
     "single": per.mean(axis=0),
   }
+
+
+def supervised(
+  logits: np.ndarray,
+  labels: np.ndarray,
+  multi_label: bool,
+  global_batch_size: int,
+  class_weights: np.ndarray | None = None,
+) -> Bounded:
+  """`finetune.supervised_loss` replayed: the summed loss over the global batch.
+
+  Multi-class: sparse softmax cross-entropy (max-shifted log-softmax), times
+  the label's class weight, summed, / B. Multi-label: TF's
+  sigmoid_cross_entropy_with_logits, relu(x) - x z + log(1 + exp(-|x|)) (its
+  log1p is at least as accurate as the log replayed here), masked where the
+  label is unknown (-1), summed, / (B K).
+
+  Args:
+    logits: (B, K) float32 logits.
+    labels: (B,) class indices, or (B, K) in {-1, 0, 1}.
+    multi_label: which of the two.
+    global_batch_size: B.
+    class_weights: (K,) float32 multi-class weights, or None.
+
+  Returns:
+    The loss summed over replicas (any split of the batch), with its bound.
+  """
+  x = Bounded.exact(np.asarray(logits, np.float32))
+  rows = np.arange(x.v.shape[0])
+  if not multi_label:
+    ce = -log_softmax(x)[rows, labels]
+    if class_weights is not None:
+      ce = ce * Bounded.exact(np.asarray(class_weights, np.float32)[labels])
+    return ce.sum() / float(global_batch_size)
+  known = (labels >= 0).astype(np.float64)
+  target = np.clip(labels, 0, 1).astype(np.float64)
+  positive = Bounded(np.maximum(x.v, 0.0), np.zeros_like(x.v))
+  absolute = Bounded(np.abs(x.v), np.zeros_like(x.v))
+  bce = positive - x * target + (1.0 + (-absolute).exp()).log()
+  return (bce * known).sum() / (float(global_batch_size) * x.v.shape[1])
