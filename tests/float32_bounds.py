@@ -401,3 +401,13 @@ def random_walk_sum_error(sum_of_squares: np.ndarray | float, n: int) -> np.ndar
     SIGMAS * u * sqrt(sum_of_squares * n / 6), elementwise.
   """
   return SIGMAS * U32 * np.sqrt(np.asarray(sum_of_squares) * n / 6.0)
+
+
+def random_walk_positive_sum_error(total: float, n: int) -> float:
+  """SIGMAS standard deviations of a float32 sum of n non-negative terms adding to `total`.
+
+  The partial sums grow like total * k / n; each addition errs by a uniform
+  fraction (std u / sqrt(3)) of its partial sum, so the error has std
+  u / sqrt(3) * total * sqrt(sum_k k^2) / n ~ u * total * sqrt(n) / 3.
+  """
+  return SIGMAS * U32 * total * math.sqrt(n) / 3.0

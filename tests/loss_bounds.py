@@ -288,14 +288,15 @@ def supervised(
   the label's class weight, summed, / B. Multi-label: TF's
   sigmoid_cross_entropy_with_logits, relu(x) - x z + log(1 + exp(-|x|)) (its
   log1p is at least as accurate as the log replayed here), masked where the
-  label is unknown (-1), summed, / (B K).
+  label is unknown (-1), times the weight of positive entries, summed, / (B K).
 
   Args:
     logits: (B, K) float32 logits.
     labels: (B,) class indices, or (B, K) in {-1, 0, 1}.
     multi_label: which of the two.
     global_batch_size: B.
-    class_weights: (K,) float32 multi-class weights, or None.
+    class_weights: (K,) float32 weights (multi-class: of the label's class;
+      multi-label: of each positive entry), or None.
 
   Returns:
     The loss summed over replicas (any split of the batch), with its bound.
@@ -311,5 +312,8 @@ def supervised(
   target = np.clip(labels, 0, 1).astype(np.float64)
   positive = Bounded(np.maximum(x.v, 0.0), np.zeros_like(x.v))
   absolute = Bounded(np.abs(x.v), np.zeros_like(x.v))
-  bce = positive - x * target + (1.0 + (-absolute).exp()).log()
-  return (bce * known).sum() / (float(global_batch_size) * x.v.shape[1])
+  bce = (positive - x * target + (1.0 + (-absolute).exp()).log()) * known
+  if class_weights is not None:
+    weights = np.asarray(class_weights, np.float32).astype(np.float64)
+    bce = bce * Bounded.exact(np.where(target > 0, weights[None, :], 1.0))
+  return bce.sum() / (float(global_batch_size) * x.v.shape[1])
