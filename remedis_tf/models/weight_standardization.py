@@ -10,11 +10,14 @@ plain HWIO `kernel` variable (no bias) so a checkpoint maps onto it directly.
 
 Speed: `standardize_kernel` has a hand-written gradient (the closed form in
 its docstring), which walks the kernel about half as often as automatic
-differentiation of the moments does, and a stride-1 convolution whose
-explicit padding equals TensorFlow's SAME padding (kernel 3: one row and
-column of zeros on each side) is run as a SAME convolution, which skips the
-separate pad (and, in the backward pass, slice) of the activation. Both
-change no number beyond float32 rounding (the second changes none at all).
+differentiation of the moments does. A 1x1 stride-1 convolution runs as one
+matmul of the (N * H * W, C_in) activation with the (C_in, C_out) kernel: the
+same sums, and with oneDNN off TensorFlow's matmul is 2-4x faster than its
+1x1 convolution gradient on BiT's small late-stage feature maps. A stride-1
+3x3 convolution, whose explicit padding (one row and column of zeros each
+side) equals TensorFlow's SAME padding, runs as a SAME convolution, which skips
+the separate pad (and, in the backward pass, slice) of the activation. None
+of these changes a number beyond float32 rounding.
 
 Precision: the kernel is stored in the variable dtype (float32) and the layer
 disables Keras autocasting, so the standardization always runs in float32; only
@@ -109,6 +112,10 @@ class StandardizedConv2D(keras.layers.Layer):
   def call(self, inputs: Any) -> Any:
     x = ops.cast(inputs, self.compute_dtype)
     kernel = ops.cast(standardize_kernel(self.kernel), self.compute_dtype)
+    if self.kernel_size == 1 and self.strides == 1:  # A 1x1 convolution is a matmul.
+      shape = tf.shape(x)
+      y = tf.matmul(tf.reshape(x, [-1, shape[-1]]), tf.reshape(kernel, kernel.shape[2:]))
+      return tf.reshape(y, tf.concat([shape[:-1], [self.filters]], axis=0))
     total = self.kernel_size - 1
     if self.pad and total == 2 and self.strides == 1:  # (1, 1) zeros: exactly SAME.
       return ops.conv(x, kernel, strides=1, padding="same")
