@@ -26,13 +26,15 @@ def _first_loss_tolerance(objective: str) -> float:
   uniform relative error of std 2^-9 / sqrt(3), independent: the projections
   carry rho = SIGMAS 2^-9 sqrt(55 / 3) relative error (the float32 run's own
   bound, bit_tiny_bound, is added). A contrastive logit u.v / tau then errs by
-  about rho / tau; a softmax cross-entropy averages its candidates' errors and
-  the loss averages 2 B anchors: |dL| ~ rho / tau sqrt(2 / (2 B)). BYOL's
-  2 - 2 cos(p, t) moves by at most 2 rho per anchor: |dL| ~ 2 rho sqrt(2 / (2 B)).
+  about rho / tau, and a softmax cross-entropy by at most twice its logits'
+  largest error (no averaging over candidates: the largest logits dominate);
+  the loss averages 2 B anchors with independent errors: |dL| ~ 2 rho / tau /
+  sqrt(2 B). BYOL's 2 - 2 cos(p, t) moves by at most 4 rho per anchor:
+  |dL| ~ 4 rho / sqrt(2 B).
   """
   rho = SIGMAS * BF16_U * math.sqrt(55 / 3) + bit_tiny_bound(32, 32)
-  scale = 2.0 if objective == "byol" else 1.0 / TEMPERATURE[objective]
-  return rho * scale * math.sqrt(2 / (2 * BATCH))
+  per_anchor = 4 * rho if objective == "byol" else 2 * rho / TEMPERATURE[objective]
+  return per_anchor / math.sqrt(2 * BATCH)
 
 
 def _dtypes(model_dir):

@@ -20,14 +20,13 @@ def _first_loss_tolerance() -> float:
   error rho of the encoder's reductions at 32 px, the SimCLR head's (2048-term
   dot products and sync BatchNorm over 2 * 8 rows, three layers) and the
   normalisation of 128-d vectors. A logit u.v / tau then errs by about
-  rho / tau, independently across candidates and anchors; a softmax
-  cross-entropy averages its candidates' errors (softmax weights sum to 1) and
-  the loss averages 2 M = 16 anchors: |dL| ~ rho / tau * sqrt(2 / 16) per
-  evaluation, two evaluations.
+  rho / tau, a softmax cross-entropy by at most twice its largest logit error,
+  and the loss averages 2 M = 16 anchors with independent errors:
+  |dL| ~ 2 rho / tau / sqrt(16) per evaluation, two evaluations.
   """
   sizes = bit_reduction_sizes(height=32, width_px=32) + [2048, 16] * 3 + [128, 128, 16, 16]
   rho = statistical_relative_bound(sizes)
-  return 2 * rho / TEMPERATURE * math.sqrt(2 / 16)
+  return 2 * (2 * rho / TEMPERATURE) / math.sqrt(16)
 
 
 @pytest.fixture(scope="module")
