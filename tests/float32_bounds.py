@@ -22,6 +22,11 @@ SAFETY, which covers the dropped second-order terms (O(u^2), here below 1e-10
 relative) and small differences between this replay and the kernels' exact
 sequence of operations (fused or re-associated sums, which the gamma(n - 1)
 term already allows for).
+
+Worst-case bounds suit small computations (a loss on a few projections, an
+optimizer step). For deep networks and long sums they are orders of
+magnitude above what float32 does; the second part of this module gives the
+statistical bounds (Higham & Mary, 2019) that the network-level tests use.
 """
 
 from __future__ import annotations
@@ -219,19 +224,41 @@ def all_reduce_mean(locals_: list[Bounded]) -> Bounded:
   return total / float(len(locals_))
 
 
-def reorder_bound(n: int, abs_sum: float) -> float:
-  """|difference| of two float32 sums of the same n terms in two orders: 2 gamma(n-1) sum|x|."""
-  return 2.0 * gamma(max(n - 1, 0)) * abs_sum
-
-
-def digits(bound: float) -> str:
-  """For messages: a bound in units of u."""
-  return f"{bound / U32:.1f} u" if math.isfinite(bound) else "inf"
-
-
 def relu(x: Bounded) -> Bounded:
   """max(x, 0), exact."""
   return Bounded(np.maximum(x.v, 0.0), np.where(x.v > 0, x.e, 0.0))
+
+
+def softmax(logits: Bounded) -> Bounded:
+  """tf.nn.softmax over the last axis: exp(x - max) / sum, replayed."""
+  ex = (logits - logits.max(axis=-1, keepdims=True)).exp()
+  return ex / ex.sum(axis=-1, keepdims=True)
+
+
+def sigmoid(logits: Bounded) -> Bounded:
+  """1 / (1 + exp(-x)), replayed."""
+  return 1.0 / (1.0 + (-logits).exp())
+
+
+def probability_tolerance(logits: np.ndarray, logit_error: float, multilabel: bool) -> np.ndarray:
+  """Bound on |p - p_ref| when the logits err by at most `logit_error` each.
+
+  Softmax: |dp_j| <= p_j (|dl_j| + sum_k p_k |dl_k|) <= 2 p_j max|dl|; sigmoid:
+  |dp| <= p (1 - p) |dl|. Plus SAFETY times the float32 rounding of computing p
+  itself from the logits (replayed).
+
+  Args:
+    logits: (N, C) float64 logits.
+    logit_error: max |error| of each logit (0 when both sides use the same logits).
+    multilabel: sigmoid instead of softmax.
+
+  Returns:
+    (N, C) elementwise tolerance.
+  """
+  x = Bounded.exact(np.asarray(logits, np.float32))
+  p = sigmoid(x) if multilabel else softmax(x)
+  spread = p.v * (1 - p.v) if multilabel else 2 * p.v
+  return spread * logit_error + SAFETY * p.e
 
 
 def assert_within(
@@ -352,38 +379,6 @@ def assert_network_close(
   want = np.asarray(want, np.float64)
   rms = float(np.sqrt(np.mean(np.square(want))))
   assert_within(got, want, evaluations * relative_bound * rms, err_msg)
-
-
-def softmax(logits: Bounded) -> Bounded:
-  """tf.nn.softmax over the last axis: exp(x - max) / sum, replayed."""
-  ex = (logits - logits.max(axis=-1, keepdims=True)).exp()
-  return ex / ex.sum(axis=-1, keepdims=True)
-
-
-def sigmoid(logits: Bounded) -> Bounded:
-  """1 / (1 + exp(-x)), replayed."""
-  return 1.0 / (1.0 + (-logits).exp())
-
-
-def probability_tolerance(logits: np.ndarray, logit_error: float, multilabel: bool) -> np.ndarray:
-  """Bound on |p - p_ref| when the logits err by at most `logit_error` each.
-
-  Softmax: |dp_j| <= p_j (|dl_j| + sum_k p_k |dl_k|) <= 2 p_j max|dl|; sigmoid:
-  |dp| <= p (1 - p) |dl|. Plus SAFETY times the float32 rounding of computing p
-  itself from the logits (replayed).
-
-  Args:
-    logits: (N, C) float64 logits.
-    logit_error: max |error| of each logit (0 when both sides use the same logits).
-    multilabel: sigmoid instead of softmax.
-
-  Returns:
-    (N, C) elementwise tolerance.
-  """
-  x = Bounded.exact(np.asarray(logits, np.float32))
-  p = sigmoid(x) if multilabel else softmax(x)
-  spread = p.v * (1 - p.v) if multilabel else 2 * p.v
-  return spread * logit_error + SAFETY * p.e
 
 
 def random_walk_sum_error(sum_of_squares: np.ndarray | float, n: int) -> np.ndarray | float:
