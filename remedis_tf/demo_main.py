@@ -31,9 +31,7 @@ import sys
 from absl import app, flags, logging
 
 from remedis_tf.demo import study, study_config
-
-# Exit status when SIGTERM/SIGINT stopped the study (resumable by rerunning).
-EXIT_INTERRUPTED = 3
+from remedis_tf.train.cli_util import EXIT_INTERRUPTED
 
 _OUTPUT_DIR = flags.DEFINE_string(
   "output_dir", None, "Study output directory (reused to resume).", required=True

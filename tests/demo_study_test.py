@@ -24,7 +24,7 @@ from PIL import Image
 
 from remedis_tf.data import input_pipeline
 from remedis_tf.demo import label_subsets, study, study_config, study_runs
-from remedis_tf.demo_main import EXIT_INTERRUPTED
+from remedis_tf.train.cli_util import EXIT_INTERRUPTED
 
 # Fields of report.json that depend only on the predictions (the report
 # helper's list); timings, environment and paths differ between folders.

@@ -31,7 +31,7 @@ def tiled(tmp_path_factory):
   (root / "slides").mkdir()
   rows = ["slide_id,patient_id,diagnosis"]
   for i in range(2):
-    slide = td.make_slide(width=512, height=384, num_levels=2, seed=30 + i)
+    slide = td.make_slide(width=1024, height=768, num_levels=3, seed=30 + i)
     td.write_generic_tiff(str(root / "slides" / f"slide_{i}.tif"), slide)
     rows.append(f"slide_{i},P{i},{'tumor' if i % 2 else 'normal'}")
   (root / "labels.csv").write_text("\n".join(rows) + "\n")

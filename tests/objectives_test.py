@@ -46,13 +46,19 @@ def _views(n=8, seed=0):
 
 @contextlib.contextmanager
 def _floatx(dtype):
-  """Keras layers created inside use `dtype` weights and computations."""
-  old = keras.config.floatx()
+  """Keras layers created inside use `dtype` weights and computations.
+
+  Keras 3 caches its global dtype policy from floatx the first time a layer is
+  built, so the policy is set too (floatx alone is ignored after any earlier test).
+  """
+  old, old_policy = keras.config.floatx(), keras.config.dtype_policy()
   keras.config.set_floatx(dtype)
+  keras.config.set_dtype_policy(dtype)
   try:
     yield
   finally:
     keras.config.set_floatx(old)
+    keras.config.set_dtype_policy(old_policy)
 
 
 def _build(name, strategy, dtype="float32"):
@@ -61,6 +67,8 @@ def _build(name, strategy, dtype="float32"):
     encoder = _encoder()
     objective = objectives.get(name, **SMALL[name])
     objective.build(encoder, 6)
+  weights = encoder.weights + [w for net in objective.trainable_networks for w in net.weights]
+  assert {w.dtype for w in weights} == {dtype}, "the requested dtype was not applied"
   return encoder, objective
 
 

@@ -12,9 +12,8 @@ import pytest
 import tensorflow as tf
 
 from remedis_tf import objectives
-from remedis_tf.models import build_bit_encoder
+from remedis_tf.models import build_bit_encoder, norm_and_bias_variables
 from remedis_tf.models.group_norm import GroupNorm
-from remedis_tf.models import norm_and_bias_variables
 from remedis_tf.optim import LARS, WarmupCosine
 
 BATCH = 8

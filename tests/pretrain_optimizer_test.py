@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from remedis_tf import models, optim
+from remedis_tf import models
 from remedis_tf.train.pretrain import PretrainConfig, build_optimizer
 
 

@@ -27,6 +27,7 @@ from keras import ops
 VariablePredicate = Callable[[Any], bool]
 VariableSelection = Sequence[Any] | VariablePredicate | None
 
+
 def _selector(selection: VariableSelection) -> VariablePredicate:
   """Turns a list of variables or a predicate into a predicate (by identity)."""
   if selection is None:

@@ -20,6 +20,8 @@ from tfrecords_tools import json_io
 
 EXIT_OK = 0
 EXIT_USER_ERROR = 2
+# A signal (SIGTERM/SIGINT) stopped a multi-run job after checkpointing; rerun to resume.
+EXIT_INTERRUPTED = 3
 
 
 def run_reporting_errors(fn: Callable[[], Mapping[str, Any]], results_json: str | None) -> int:
