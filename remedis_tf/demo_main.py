@@ -30,6 +30,7 @@ import sys
 
 from absl import app, flags, logging
 
+from remedis_tf.data import POSITIVE_PAIRS
 from remedis_tf.demo import study, study_config
 from remedis_tf.train.cli_util import EXIT_INTERRUPTED
 
@@ -55,6 +56,13 @@ _ENCODER = flags.DEFINE_string(
 )
 _PRETRAIN_STEPS = flags.DEFINE_integer(
   "pretrain_steps", None, "SimCLR steps (default: the scale's)."
+)
+_POSITIVE_PAIRS = flags.DEFINE_enum(
+  "positive_pairs",
+  None,
+  list(POSITIVE_PAIRS),
+  "Pretraining's positive pairs: augment (two views of one image) or micle (two images "
+  "of one patient; the report names which was used). Default: augment.",
 )
 _FINETUNE_STEPS = flags.DEFINE_integer(
   "finetune_steps", None, "Steps of each fine-tuning run (default: the scale's)."
@@ -97,6 +105,7 @@ def main(argv: list[str]) -> None:
     bit_checkpoint=_BIT_CHECKPOINT.value,
     encoder=_ENCODER.value,
     pretrain_steps=_PRETRAIN_STEPS.value,
+    positive_pairs=_POSITIVE_PAIRS.value,
     finetune_steps=_FINETUNE_STEPS.value,
     finetune_learning_rate=_FINETUNE_LR.value,
     headline_finding=_HEADLINE.value,

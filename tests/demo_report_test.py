@@ -245,7 +245,12 @@ def _results(tmp_path, config, strength, n_test=200):
 
 def _config(tmp_path, **overrides):
   return study_config.make_config(
-    str(tmp_path), "default", site_b_labels=(8, 16, 32, 64, 128), num_seeds=2, **overrides
+    str(tmp_path),
+    "default",
+    site_a_labels=(16, 64, 256),
+    site_b_labels=(8, 16, 32, 64, 128),
+    num_seeds=2,
+    **overrides,
   )
 
 
@@ -264,7 +269,12 @@ ENVIRONMENT = {
   "onednn": "1",
   "tensorflow": "2.21.0",
   "stages": {
-    "pretrain": {"seconds": 120.5, "examples": 16000, "examples_per_second": 132.8},
+    "pretrain": {
+      "seconds": 120.5,
+      "cpu_seconds": 230.1,
+      "examples": 16000,
+      "examples_per_second": 132.8,
+    },
     "finetune_site_a": {"seconds": 200.0, "examples": 40960, "examples_per_second": 204.8},
   },
 }
@@ -333,7 +343,7 @@ def test_write_report_end_to_end_with_a_clear_effect(tmp_path):
   assert "AMD EPYC 7B13, 2 cores, class AVX2 only (AVX-512: no; AVX2: yes)" in markdown
   assert "2 worker process(es), 1 TensorFlow thread(s) per run" in markdown
   assert "oneDNN: on" in markdown
-  assert "| pretrain | 120.5 | 16000 | 132.8 |" in markdown
+  assert "| pretrain | 120.5 | 230.1 | 16000 | 132.8 |" in markdown
   assert "| generate | 30.0 | - | - |" in markdown
   for name in saved["plots"].values():
     assert f"]({name})" in markdown

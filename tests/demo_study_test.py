@@ -23,7 +23,7 @@ import tensorflow as tf
 from PIL import Image
 
 from remedis_tf.data import input_pipeline
-from remedis_tf.demo import label_subsets, study, study_config, study_runs
+from remedis_tf.demo import label_subsets, study, study_config, study_report, study_runs
 from remedis_tf.train.cli_util import EXIT_INTERRUPTED
 
 # Fields of report.json that depend only on the predictions (the report
@@ -40,11 +40,11 @@ INTERRUPTED_RUN = "remedis/siteA_n8_seed0"
 STOP_AFTER_STEPS = 2
 
 
-def _demo(output_dir, env=None):
+def _demo(output_dir, env=None, flags=()):
   """Runs remedis-demo --scale tiny as a process; returns (exit code, output)."""
   command = [sys.executable, "-m", "remedis_tf.demo_main", f"--output_dir={output_dir}"]
   process = subprocess.run(
-    [*command, "--scale=tiny"],
+    [*command, "--scale=tiny", *flags],
     env={**os.environ, **(env or {})},
     capture_output=True,
     text=True,
@@ -233,6 +233,24 @@ def test_sigterm_inside_a_finetune_checkpoints_stops_and_resumes_to_the_same_rep
 
 
 @pytest.mark.slow
+@pytest.mark.slow
+@pytest.mark.integration
+def test_positive_pairs_micle_pretrains_on_patient_pairs_and_the_report_says_so(tmp_path):
+  out = str(tmp_path / "demo")
+  code, log = _demo(out, flags=["--positive_pairs=micle", "--until=pretrain"])
+  assert code == 0, log[-5000:]
+  pre = _read(os.path.join(out, "stages", "pretrain.done.json"))
+  assert pre["positive_pairs"] == "micle"
+  stats = pre["micle"]
+  # The synthetic archive has 2-5 images per patient: no anchor falls back.
+  assert stats["num_records"] > stats["num_groups"] > 0
+  assert stats["num_fallback"] == 0 and stats["fallback_fraction"] == 0.0
+  assert {int(k) for k in stats["group_sizes"]} <= {2, 3, 4, 5}
+  text = study_report._positive_pairs({"positive_pairs": "micle"}, pre)
+  assert text.startswith("positive pairs: MICLe") and "0.0% of anchors" in text
+  assert "two augmented views" in study_report._positive_pairs({}, {})
+
+
 def test_resume_refuses_other_settings(tmp_path):
   out = str(tmp_path / "demo")
   study.run_study(study_config.make_config(out, "tiny", until="generate"))

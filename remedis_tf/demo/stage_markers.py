@@ -11,6 +11,7 @@ checkpoints and results, see `remedis_tf.demo.study_runs`).
 from __future__ import annotations
 
 import os
+import resource
 import time
 from collections.abc import Callable
 from typing import Any
@@ -28,6 +29,7 @@ class StageRunner:
     ran: stages run by this invocation, in order.
     skipped: stages whose marker existed.
     seconds: stage -> its run time (from the marker for skipped stages).
+    results: stage -> its result (from the marker for skipped stages).
   """
 
   def __init__(self, marker_dir: str) -> None:
@@ -57,11 +59,15 @@ class StageRunner:
     Args:
       name: stage name (also the marker's file name).
       fn: computes the stage; returns a JSON-serialisable dict, optionally
-        with 'examples' (examples the stage processed, for its throughput).
+        with 'examples' (examples the stage processed, for its throughput)
+        and 'worker_cpu_seconds' (CPU time of long-lived worker processes
+        that this process has not reaped).
 
     Returns:
-      The stage result, with 'seconds' (the stage's own run time) and, when
-      `fn` gave 'examples', 'examples_per_second'.
+      The stage result, with 'seconds' (the stage's own run time),
+      'cpu_seconds' (CPU time of this process, its reaped children and the
+      reported workers: on a shared machine a steadier measure of the work
+      than wall time) and, when `fn` gave 'examples', 'examples_per_second'.
     """
     cached = json_io.read_json(self.marker_path(name))
     if cached is not None:
@@ -71,10 +77,12 @@ class StageRunner:
       self.log("stage %s: already done (marker %s), skipped.", name, self.marker_path(name))
       return cached
     self.log("stage %s: started.", name)
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), _cpu_seconds()
     result = dict(fn())
     seconds = time.perf_counter() - t0
     result["seconds"] = round(seconds, 2)
+    cpu = _cpu_seconds() - cpu0 + float(result.get("worker_cpu_seconds") or 0.0)
+    result["cpu_seconds"] = round(cpu, 2)
     examples = result.get("examples")
     rate = ""
     if examples is not None:
@@ -84,16 +92,24 @@ class StageRunner:
     self.ran.append(name)
     self.seconds[name] = result["seconds"]
     self.results[name] = result
-    self.log("stage %s: done in %.1f s%s.", name, seconds, rate)
+    self.log("stage %s: done in %.1f s (CPU %.1f s)%s.", name, seconds, cpu, rate)
     return result
 
   def throughput(self) -> dict[str, dict[str, Any]]:
-    """stage -> {'seconds', 'examples', 'examples_per_second'} of every stage seen."""
+    """stage -> {'seconds', 'cpu_seconds', 'examples', 'examples_per_second'} of every stage seen."""
     return {
       name: {
         "seconds": result.get("seconds"),
+        "cpu_seconds": result.get("cpu_seconds"),
         "examples": result.get("examples"),
         "examples_per_second": result.get("examples_per_second"),
       }
       for name, result in self.results.items()
     }
+
+
+def _cpu_seconds() -> float:
+  """User + system CPU seconds of this process and of its reaped children."""
+  own = resource.getrusage(resource.RUSAGE_SELF)
+  children = resource.getrusage(resource.RUSAGE_CHILDREN)
+  return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime

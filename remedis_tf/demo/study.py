@@ -183,6 +183,7 @@ def stage_pretrain(study: Study) -> dict[str, Any]:
       train_data=[paths.records(site, "train") for site in SITES],
       model_dir=paths.pretrain,
       objective="simclr",
+      positive_pairs=c.positive_pairs,
       encoder=c.encoder,
       init_checkpoint=paths.init,
       train_steps=c.pretrain_steps,
@@ -219,6 +220,8 @@ def stage_pretrain(study: Study) -> dict[str, Any]:
     "steps_trained": steps,
     "images_per_second": result["images_per_second"],
     "initialized_from": result["initialized_from"],
+    "positive_pairs": c.positive_pairs,
+    "micle": result.get("micle"),
     "first_loss": float(history[0][1]) if history else None,
     "final_loss": float(history[-1][1]) if history else None,
     "loss_history": [[int(s), float(v)] for s, v in history],
@@ -363,6 +366,7 @@ def _run_sweep(study: Study, stage: str, planned: list[tuple[dict[str, Any], stu
   outcomes, stopped = study.pool.run([planned[i][1] for i in todo], study.watcher, on_outcome)
   unfinished = []
   train_examples = eval_examples = 0
+  cpu_seconds = 0.0
   for k, outcome in enumerate(outcomes):
     i = todo[k]
     if outcome is None:
@@ -370,10 +374,12 @@ def _run_sweep(study: Study, stage: str, planned: list[tuple[dict[str, Any], stu
       continue
     if outcome["status"] == "done":
       results[i] = outcome["result"]
+      cpu_seconds += outcome["result"]["cpu_seconds"]
       train_examples += outcome["result"]["train_examples"]
       eval_examples += outcome["result"]["eval_examples"]
     else:
       train_examples += outcome["train_examples"]
+      cpu_seconds += outcome["cpu_seconds"]
       unfinished.append(f"{planned[i][1].name} (step {outcome['steps_trained']})")
   if stopped or unfinished:
     raise StudyInterrupted(
@@ -390,6 +396,7 @@ def _run_sweep(study: Study, stage: str, planned: list[tuple[dict[str, Any], stu
     "examples": train_examples + eval_examples,
     "train_examples": train_examples,
     "eval_examples": eval_examples,
+    "worker_cpu_seconds": round(cpu_seconds, 2),
   }
 
 

@@ -514,22 +514,32 @@ def _environment_lines(report: Mapping[str, Any]) -> list[str]:
     lines += ["- Environment not recorded.", ""]
   stages = dict((env or {}).get("stages") or {})
   names = list(timings["stage_seconds"]) + [s for s in stages if s not in timings["stage_seconds"]]
-  lines += ["| stage | seconds | examples | examples/s |", "|---|---:|---:|---:|"]
-  total = 0.0
+  lines += [
+    "| stage | seconds | CPU seconds | examples | examples/s |",
+    "|---|---:|---:|---:|---:|",
+  ]
+  total = total_cpu = 0.0
   for name in names:
     s = stages.get(name) or {}
     seconds = s.get("seconds", timings["stage_seconds"].get(name))
     total += seconds or 0.0
+    cpu = s.get("cpu_seconds")
+    total_cpu += cpu or 0.0
     examples = s.get("examples")
     rate = s.get("examples_per_second")
     lines.append(
       f"| {name} | {report_lib.fmt_value(seconds, 1)} | "
+      f"{'-' if cpu is None else report_lib.fmt_value(cpu, 1)} | "
       f"{'-' if examples is None else examples} | "
       f"{'-' if rate is None else report_lib.fmt_value(rate, 1)} |"
     )
   lines += [
-    f"| report statistics (bootstrap) | {timings['statistics_seconds']:.1f} | - | - |",
-    f"| **total (stages above)** | {total:.1f} | | |",
+    f"| report statistics (bootstrap) | {timings['statistics_seconds']:.1f} | - | - | - |",
+    f"| **total (stages above)** | {total:.1f} | {total_cpu:.1f} | | |",
+    "",
+    "Examples: images generated, records converted, pretraining images (two views each), "
+    "fine-tuning images trained plus test images predicted. CPU seconds count every process "
+    "of the stage; on a shared machine they move less than wall time.",
     "",
   ]
   return lines
@@ -648,7 +658,8 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     + ".",
     f"- Encoder `{c['encoder']}` at {c['image_size']} px. Initialisation: "
     f"{report['initialization']}. Both methods start from this same encoder.",
-    f"- Self-supervised pretraining (REMEDIS only): SimCLR, {pre['steps']} steps x "
+    f"- Self-supervised pretraining (REMEDIS only): SimCLR, {_positive_pairs(c, pre)}, "
+    f"{pre['steps']} steps x "
     f"{c['pretrain_batch_size']} images (two `{c['augment_preset']}` views each, with "
     f"{_overrides(c.get('augment_overrides'))}), {_optimizer(c)}, temperature "
     f"{c['temperature']}, on the train splits of both sites with labels unused; NT-Xent loss "
@@ -757,6 +768,20 @@ def _overrides(pairs: object) -> str:
   if not pairs:
     return "no overrides"
   return "overrides " + ", ".join(f"{k}={v}" for k, v in pairs)
+
+
+def _positive_pairs(c: Mapping[str, Any], pre: Mapping[str, Any]) -> str:
+  """Which positive pairs pretraining used, as the report states them."""
+  if c.get("positive_pairs", "augment") != "micle":
+    return "positive pairs: two augmented views of one image"
+  text = "positive pairs: MICLe (two different images of one patient, each augmented)"
+  stats = pre.get("micle") or {}
+  if stats.get("fallback_fraction") is not None:
+    text += (
+      f"; {100 * stats['fallback_fraction']:.1f}% of anchors had a single image and "
+      "used two views of it"
+    )
+  return text
 
 
 def _optimizer(c: Mapping[str, Any]) -> str:

@@ -252,9 +252,10 @@ def execute(spec: RunSpec, watcher: PreemptionWatcher, study_pid: int) -> dict[s
   Returns:
     {'status': 'done', 'result': result.json's dict} or {'status':
     'preempted', 'steps_trained': int, 'train_examples': int,
-    'train_seconds': float}.
+    'train_seconds': float, 'cpu_seconds': float}.
   """
   prepare_model_dir(spec)
+  cpu0 = time.process_time()
   t0 = time.perf_counter()
   trained = finetune.finetune(spec.finetune_config(), interrupt_hook(spec, watcher, study_pid))
   train_seconds = time.perf_counter() - t0
@@ -266,6 +267,7 @@ def execute(spec: RunSpec, watcher: PreemptionWatcher, study_pid: int) -> dict[s
       "steps_trained": steps,
       "train_examples": train_examples,
       "train_seconds": round(train_seconds, 2),
+      "cpu_seconds": round(time.process_time() - cpu0, 2),
     }
   t1 = time.perf_counter()
   metrics, paths = {}, {}
@@ -295,6 +297,8 @@ def execute(spec: RunSpec, watcher: PreemptionWatcher, study_pid: int) -> dict[s
     "eval_examples": eval_examples,
     "train_seconds": round(train_seconds, 2),
     "eval_seconds": round(time.perf_counter() - t1, 2),
+    # CPU time of the worker process (all its threads) for this invocation's part.
+    "cpu_seconds": round(time.process_time() - cpu0, 2),
   }
   json_io.write_json(os.path.join(spec.model_dir, RESULT_JSON), result)
   return {"status": "done", "result": result}
