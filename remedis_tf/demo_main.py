@@ -30,7 +30,6 @@ import sys
 
 from absl import app, flags, logging
 
-from remedis_tf.data import POSITIVE_PAIRS
 from remedis_tf.demo import study, study_config
 from remedis_tf.train.cli_util import EXIT_INTERRUPTED
 
@@ -60,7 +59,7 @@ _PRETRAIN_STEPS = flags.DEFINE_integer(
 _POSITIVE_PAIRS = flags.DEFINE_enum(
   "positive_pairs",
   None,
-  list(POSITIVE_PAIRS),
+  list(study_config.POSITIVE_PAIRS),
   "Pretraining's positive pairs: augment (two views of one image) or micle (two images "
   "of one patient; the report names which was used). Default: augment.",
 )
