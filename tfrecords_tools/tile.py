@@ -44,7 +44,6 @@ from collections.abc import Iterable, Sequence
 from tfrecords_tools import (
   beam_pipeline,
   hashing,
-  json_io,
   manifest,
   patch_example,
   shards,
@@ -327,6 +326,11 @@ def list_inputs(input_path: str) -> slide_inputs.Listing:
     raise UserError(str(e)) from e
 
 
+def _read_json(path: str) -> dict:
+  with open(path, encoding="utf-8") as f:
+    return json.load(f)
+
+
 def tile(config: TileConfig) -> dict:
   """Runs (or resumes, or confirms) a tiling run and returns its manifest.
 
@@ -367,7 +371,7 @@ def tile(config: TileConfig) -> dict:
     "slides": [hashing.keyed_hash(salt, n) for n in names],
   }
   plan_path = os.path.join(work_dir, "plan.json")
-  if os.path.exists(plan_path) and json_io.read_json(plan_path) != plan:
+  if os.path.exists(plan_path) and _read_json(plan_path) != plan:
     if not config.overwrite:
       raise UserError(
         f"{output_dir} holds an unfinished run of other slides or settings; "
@@ -400,7 +404,7 @@ def tile(config: TileConfig) -> dict:
       _survey_local(job, pending_slides, pool, progress)
 
     slide_markers = [
-      json_io.read_json(slide_survey.slide_marker_path(output_dir, i)) for i in range(len(names))
+      _read_json(slide_survey.slide_marker_path(output_dir, i)) for i in range(len(names))
     ]
     works = {w.index: w for w in map(slide_survey.slide_work, slide_markers) if w is not None}
     chunks = tile_chunks.plan_chunks([works[i] for i in sorted(works)], config.patches_per_shard)
@@ -424,7 +428,7 @@ def tile(config: TileConfig) -> dict:
       pool.shutdown(wait=True, cancel_futures=True)
   progress.close()
 
-  chunk_markers = [json_io.read_json(shards.marker_path(output_dir, c.index)) for c in chunks]
+  chunk_markers = [_read_json(shards.marker_path(output_dir, c.index)) for c in chunks]
   result, errors = tile_manifest.build(
     slide_markers,
     chunk_markers,
