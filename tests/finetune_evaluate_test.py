@@ -7,7 +7,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from remedis_tf import models
-from remedis_tf.train.evaluate import EvaluateConfig, evaluate
+from remedis_tf.train.evaluate import EvaluateConfig, evaluate, predict, predict_each
 from remedis_tf.train.finetune import FinetuneConfig, finetune, hyperrule_schedule
 from remedis_tf.train.pretrain import PretrainConfig, pretrain
 
@@ -115,3 +115,30 @@ def test_finetune_from_each_start_and_evaluate(tmp_path):
   # The SavedModel-started model evaluates too (encoder rebuilt from the SavedModel).
   res3 = evaluate(EvaluateConfig(data=mc, model_dir=str(tmp_path / "ft_hub"), num_bootstrap=50))
   assert res3["n_examples"] == 8
+
+  # Several data sets of one model restored once: each equals its own `predict`,
+  # with another batch size (a partial last batch) in the same call.
+  alone = [
+    predict(EvaluateConfig(data=ml, model_dir=str(tmp_path / "ft_npz"), batch_size=5)),
+    predict(EvaluateConfig(data=ml, model_dir=str(tmp_path / "ft_npz"), batch_size=7)),
+  ]
+  together = predict_each(
+    [
+      EvaluateConfig(data=ml, model_dir=str(tmp_path / "ft_npz"), batch_size=5),
+      EvaluateConfig(data=ml, model_dir=str(tmp_path / "ft_npz"), batch_size=7),
+    ]
+  )
+  assert len(together) == 2 and together[1]["probabilities"].shape == (12, 3)
+  for a, b in zip(alone, together, strict=True):
+    assert set(a) == set(b)
+    for key in ("labels", "patient_ids", "source_ids"):
+      np.testing.assert_array_equal(a[key], b[key])
+    # The same graph on the same batches: identical floats.
+    np.testing.assert_array_equal(a["probabilities"], b["probabilities"])
+  with pytest.raises(ValueError, match="same model"):
+    predict_each(
+      [
+        EvaluateConfig(data=ml, model_dir=str(tmp_path / "ft_npz")),
+        EvaluateConfig(data=ml, model_dir=str(tmp_path / "ft_ckpt")),
+      ]
+    )

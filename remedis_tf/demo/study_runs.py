@@ -272,12 +272,15 @@ def execute(spec: RunSpec, watcher: PreemptionWatcher, study_pid: int) -> dict[s
   t1 = time.perf_counter()
   metrics, paths = {}, {}
   eval_examples = 0
-  for site, data in spec.eval_data:
-    predictions = evaluate.predict(
+  each = evaluate.predict_each(
+    [
       evaluate.EvaluateConfig(
         data=data, model_dir=spec.model_dir, split="test", batch_size=spec.eval_batch_size
       )
-    )
+      for _, data in spec.eval_data
+    ]
+  )
+  for (site, _), predictions in zip(spec.eval_data, each, strict=True):
     path = spec.predictions_path(site)
     evaluate.write_predictions(path, predictions)
     paths[site] = os.path.relpath(path, spec.root)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import os
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -76,55 +77,85 @@ def predict(config: EvaluateConfig) -> dict[str, Any]:
     CheckpointError: not a fine-tuning model_dir, or no checkpoint.
     InputDataError: no labelled example in the data.
   """
-  prefix, model_dir = run_dir.resolve_checkpoint(config.checkpoint or config.model_dir)
+  return predict_each([config])[0]
+
+
+def predict_each(configs: Sequence[EvaluateConfig]) -> list[dict[str, Any]]:
+  """`predict` for several data sets of one model: restored once, traced once.
+
+  Every config must name the same model (model_dir, checkpoint and image
+  size); data, split, site and batch size may differ.
+
+  Returns:
+    `predict`'s dict for each config, in order.
+
+  Raises:
+    ValueError: the configs name different models.
+    CheckpointError, InputDataError: as `predict`.
+  """
+  if not configs:
+    return []
+  first = configs[0]
+  if any(
+    (c.model_dir, c.checkpoint, c.image_size)
+    != (first.model_dir, first.checkpoint, first.image_size)
+    for c in configs
+  ):
+    raise ValueError("predict_each: every config must name the same model and image size.")
+  prefix, model_dir = run_dir.resolve_checkpoint(first.checkpoint or first.model_dir)
   run = run_dir.read_run_config(model_dir)
   if run is None or not run.has_head:
     raise CheckpointError(
-      f"{config.model_dir!r} has no fine-tuning config.json; evaluate a remedis-finetune model_dir."
+      f"{first.model_dir!r} has no fine-tuning config.json; evaluate a remedis-finetune model_dir."
     )
-  image_size = config.image_size or run.image_size
+  image_size = first.image_size or run.image_size
   model = run_dir.restore_model(prefix, image_size=image_size, trainable=False)
   label_mode = run.label_mode
   multi_label = label_mode == LabelMode.MULTI_LABEL
-  files = data_lib.list_files(config.data)
-  ds = data_lib.make_supervised_dataset(
-    files,
-    batch_size=config.batch_size,
-    image_size=image_size,
-    training=False,
-    preset=run.settings.get("augment_preset", "natural"),
-    label_mode=label_mode.value,
-    num_labels=run.num_classes if multi_label else None,
-    split=config.split,
-    site=config.site,
-    with_metadata=True,
-    repeat=False,
-  )
   encoder, head = model.encoder, model.head
 
-  @tf.function(reduce_retracing=True)
+  # One trace for every batch of every data set (batch size and last batch vary).
+  @tf.function(input_signature=[tf.TensorSpec([None, image_size, image_size, 3], tf.float32)])
   def probabilities(images: tf.Tensor) -> tf.Tensor:
     logits = head(encoder(images, training=False)[EMBEDDING], training=False)
     return tf.sigmoid(logits) if multi_label else tf.nn.softmax(logits)
 
-  labels, probs, patients, sources = [], [], [], []
-  for batch in ds:
-    probs.append(probabilities(batch["image"]).numpy())
-    labels.append(batch["label"].numpy())
-    patients.append(patient_key(batch["patient_id_hash"], batch["source_id"]).numpy())
-    sources.append(batch["source_id"].numpy())
-  if not labels:
-    raise InputDataError(f"No labelled examples in {config.data!r} (split={config.split!r}).")
-  return {
-    "labels": np.concatenate(labels),
-    "probabilities": np.concatenate(probs).astype(np.float32),
-    "patient_ids": np.concatenate(patients).astype(str),
-    "source_ids": np.concatenate(sources).astype(str),
-    "label_mode": label_mode,
-    "label_names": list(run.label_names or range(run.num_classes)),
-    "checkpoint": prefix,
-    "image_size": image_size,
-  }
+  results = []
+  for config in configs:
+    ds = data_lib.make_supervised_dataset(
+      data_lib.list_files(config.data),
+      batch_size=config.batch_size,
+      image_size=image_size,
+      training=False,
+      preset=run.settings.get("augment_preset", "natural"),
+      label_mode=label_mode.value,
+      num_labels=run.num_classes if multi_label else None,
+      split=config.split,
+      site=config.site,
+      with_metadata=True,
+      repeat=False,
+    )
+    labels, probs, patients, sources = [], [], [], []
+    for batch in ds:
+      probs.append(probabilities(tf.cast(batch["image"], tf.float32)).numpy())
+      labels.append(batch["label"].numpy())
+      patients.append(patient_key(batch["patient_id_hash"], batch["source_id"]).numpy())
+      sources.append(batch["source_id"].numpy())
+    if not labels:
+      raise InputDataError(f"No labelled examples in {config.data!r} (split={config.split!r}).")
+    results.append(
+      {
+        "labels": np.concatenate(labels),
+        "probabilities": np.concatenate(probs).astype(np.float32),
+        "patient_ids": np.concatenate(patients).astype(str),
+        "source_ids": np.concatenate(sources).astype(str),
+        "label_mode": label_mode,
+        "label_names": list(run.label_names or range(run.num_classes)),
+        "checkpoint": prefix,
+        "image_size": image_size,
+      }
+    )
+  return results
 
 
 def evaluate(config: EvaluateConfig) -> dict[str, Any]:
