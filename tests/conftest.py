@@ -5,8 +5,10 @@
   runs at full speed on AVX2-only CPUs too.
 * Threads: with N pytest-xdist workers on C cores, each worker's TensorFlow
   gets max(1, C // N) intra-op and inter-op threads (TF_NUM_INTRAOP_THREADS /
-  TF_NUM_INTEROP_THREADS, which child processes inherit), so two workers on
-  two cores do not oversubscribe them.
+  TF_NUM_INTEROP_THREADS, which child processes inherit), so TensorFlow's
+  thread pools do not oversubscribe the cores. `make test` runs 3 workers on
+  2 cores (1 thread each): part of each test's time is single-threaded
+  Python tracing and waiting on child processes, and the third worker fills it.
 * Two logical CPUs let MirroredStrategy tests run a real 2-replica all-reduce
   on a CPU-only machine. The split must happen before TensorFlow creates its
   devices, so it is done here, once, before any test module runs.
