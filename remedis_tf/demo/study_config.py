@@ -168,7 +168,7 @@ SCALE_PRESETS: dict[str, dict[str, Any]] = {
     "num_seeds": 1,
     "num_workers": 1,
   },
-  # The README's main job: about 2,100 images; 13 min 46 s on a 2-core AVX-512 CPU (README).
+  # The README's main job: about 2,100 images; 12 min 58 s on a 2-core AVX-512 CPU (README).
   "default": {},
   # A bigger run (about 10,000 images) for a machine with more time.
   "large": {
