@@ -195,6 +195,10 @@ def _kill_check(config: TileConfig, written: int) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
+# Blocks a pool worker takes at a time (tile_chunks.BLOCK_PATCHES patches each).
+BLOCKS_PER_TASK = 4
+
+
 def _make_pool(job: Job) -> concurrent.futures.ProcessPoolExecutor | None:
   if job.config.num_workers <= 1:
     return None
@@ -225,7 +229,8 @@ def _tile_local(
 ) -> None:
   tasks = [b for chunk in pending for b in tile_chunks.blocks(chunk, works[chunk.slide])]
   if pool is not None:
-    results: Iterable = pool.map(tile_chunks.tile_block, tasks)
+    # Consecutive blocks (mostly of one slide) per task: fewer slide opens and messages.
+    results: Iterable = pool.map(tile_chunks.tile_block, tasks, chunksize=BLOCKS_PER_TASK)
   else:
     tile_chunks.init_worker(job)
     results = map(tile_chunks.tile_block, tasks)

@@ -3,7 +3,8 @@
 A surveyed slide's kept patches are cut into chunks of at most
 `patches_per_shard` (`plan_chunks`); a chunk becomes one shard. Workers run
 `tile_block` on blocks of BLOCK_PATCHES patches of a chunk (a block carries
-only its own coordinates), keeping the slide they last opened; the writing
+only its own coordinates), keeping the slide they last opened (a pool worker
+takes `tile.BLOCKS_PER_TASK` consecutive blocks at a time); the writing
 process feeds the records, in chunk order, to a `ShardWriter`, which writes
 the shard under a temporary name, renames it when complete and then writes
 the chunk's marker. A patch that cannot be read is reported
