@@ -261,10 +261,10 @@ def test_embed_rejects_unknown_extension(handmade, records, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.integration
+@pytest.mark.parametrize("handmade", [WithTraining], indirect=True)  # One convention suffices.
 def test_remedis_embed_cli(handmade, records, tmp_path):
   module, path = handmade
-  if not isinstance(module, WithTraining):
-    pytest.skip("one calling convention is enough for the CLI")
+  assert isinstance(module, WithTraining)
   pattern, images, _ = records
   out = str(tmp_path / "cli.npz")
   subprocess.run(
