@@ -149,23 +149,27 @@ def build_export_object(
 
   encoder = _encoder_part(model)
 
+  # The encoder is traced once per value of `training`; `__call__` and the two
+  # serving signatures call those two graphs instead of tracing their own, so
+  # the SavedModel holds (and saving traces gradient functions for) two copies
+  # of the encoder instead of four.
+  @tf.function
+  def outputs(images: tf.Tensor, training: bool) -> dict[str, tf.Tensor]:
+    result = encoder(images, training=training)
+    return {EMBEDDING: _embedding(result), FEATURE_MAP: result[FEATURE_MAP]}
+
   @tf.function
   def call(images: tf.Tensor, training: bool = False) -> tf.Tensor:
-    return encoder(images, training=training)[FEATURE_MAP]
+    return outputs(images, training)[FEATURE_MAP]
 
-  def _both_outputs(images: tf.Tensor, training: bool) -> dict[str, tf.Tensor]:
-    outputs = encoder(images, training=training)
-    return {EMBEDDING: _embedding(outputs), FEATURE_MAP: outputs[FEATURE_MAP]}
-
-  serve = tf.function(lambda images: _both_outputs(images, False), input_signature=[IMAGE_SPEC])
-  serve_training = tf.function(
-    lambda images: _both_outputs(images, True), input_signature=[IMAGE_SPEC]
-  )
+  serve = tf.function(lambda images: outputs(images, False), input_signature=[IMAGE_SPEC])
+  serve_training = tf.function(lambda images: outputs(images, True), input_signature=[IMAGE_SPEC])
 
   root = tf.train.Checkpoint()
   root.__call__ = call
   # Trace both values of `training` (the reusable SavedModel API).
   for training in (False, True):
+    outputs.get_concrete_function(IMAGE_SPEC, training=training)
     call.get_concrete_function(IMAGE_SPEC, training=training)
   # The reusable API lists the variables `__call__` uses: a classifier head
   # (used by `classify` only) is not offered to `hub.KerasLayer` for training.

@@ -189,9 +189,11 @@ def test_interrupt_hook_applies_to_the_named_run_only_when_it_starts_fresh(tmp_p
 @pytest.mark.slow
 def test_pool_reraises_a_worker_error_with_its_type_and_remote_traceback(tmp_path):
   spec = _spec(str(tmp_path), init_from="")  # no records exist under tmp_path
-  with run_pool.RunPool(1) as pool, PreemptionWatcher(()) as watcher:
+  # A pool of 2 given one run starts one worker (a process it could not use costs a start).
+  with run_pool.RunPool(2) as pool, PreemptionWatcher(()) as watcher:
     with pytest.raises(InputNotFoundError) as raised:
       pool.run([spec], watcher)
+  assert pool.processes_started == 1
   cause = raised.value.__cause__
   assert isinstance(cause, run_pool.RemoteTraceback)
   assert "In fine-tuning run remedis/siteA_n8_seed0" in str(cause) and "Traceback" in str(cause)

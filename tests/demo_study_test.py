@@ -1,10 +1,10 @@
 """End-to-end tests of remedis-demo at its tiny scale, run as real processes.
 
 One uninterrupted tiny study is the reference (module fixture). A copy of it
-without its fine-tuning results is then stopped inside a fine-tuning run by
-SIGTERM to the remedis-demo process (sent deterministically by the test-only
-hook REMEDIS_DEMO_TEST_INTERRUPT, after the run's second step), resumed with
-the same command, and must give the reference's report. The copy shares the
+with one fine-tuning run removed and the later stages undone is then stopped
+inside that run by SIGTERM to the remedis-demo process (sent deterministically
+by the test-only hook REMEDIS_DEMO_TEST_INTERRUPT, after the run's second
+step), resumed with the same command, and must give the reference's report. The copy shares the
 reference's archive, records and pretrained encoder: fine-tuning runs use one
 thread and are bitwise reproducible, while two-thread pretraining is not
 always (see the README), and this test is about the fine-tuning driver.
@@ -183,11 +183,16 @@ def test_tiny_study_produces_every_artefact(reference):
   assert sum(int(images.shape[0]) for images, _ in ds) == subset.num_images
 
 
-def _copy_without_finetuning(reference, out):
-  """The reference study up to its export, without fine-tuning runs, markers or report."""
+def _copy_without_one_run(reference, out, run):
+  """The reference study with its fine-tuning stages and report undone and `run` removed.
+
+  Every other run keeps its finished result, which the resumed study must take
+  as it is (their configuration hashes hold no paths), so only `run` trains.
+  """
   shutil.copytree(
-    reference, out, ignore=shutil.ignore_patterns("runs", "report.json", "report.md", "*.png")
+    reference, out, ignore=shutil.ignore_patterns("report.json", "report.md", "*.png")
   )
+  shutil.rmtree(os.path.join(out, "runs", run))
   for stage in ("finetune_site_a", "finetune_site_b", "report"):
     os.remove(os.path.join(out, "stages", f"{stage}.done.json"))
 
@@ -198,7 +203,7 @@ def test_sigterm_inside_a_finetune_checkpoints_stops_and_resumes_to_the_same_rep
   reference, tmp_path
 ):
   out = str(tmp_path / "demo")
-  _copy_without_finetuning(reference, out)
+  _copy_without_one_run(reference, out, INTERRUPTED_RUN)
   hook = {study_runs.INTERRUPT_ENV: f"{INTERRUPTED_RUN}@{STOP_AFTER_STEPS}"}
   run_dir = os.path.join(out, "runs", INTERRUPTED_RUN)
 
@@ -207,15 +212,18 @@ def test_sigterm_inside_a_finetune_checkpoints_stops_and_resumes_to_the_same_rep
   # records nothing as finished.
   code, log = _demo(out, hook)
   assert code == EXIT_INTERRUPTED, log[-5000:]
+  assert "4 runs, 3 finished earlier, 1 to run in 1 worker process(es)" in log, log[-5000:]
   assert "Received signal 15" in log and "Rerun the same command to resume" in log
   assert tf.train.latest_checkpoint(run_dir).endswith(f"ckpt-{STOP_AFTER_STEPS}")
   assert not os.path.exists(os.path.join(run_dir, "result.json"))
   assert not os.path.exists(os.path.join(out, "stages", "finetune_site_a.done.json"))
   assert not os.path.exists(os.path.join(out, "report.json"))
 
-  # The same command (same environment) resumes the run from its checkpoint.
+  # The same command (same environment) resumes the run from its checkpoint; the
+  # report, which also holds this run's predictions, equals the uninterrupted one.
   code, log = _demo(out, hook)
   assert code == 0, log[-5000:]
+  assert "finetune_site_b: 2 runs, 2 finished earlier, 0 to run" in log, log[-5000:]
   result = _read(os.path.join(run_dir, "result.json"))
   assert result["start_step"] == STOP_AFTER_STEPS
   assert result["steps_trained"] == study_config.SCALE_PRESETS["tiny"]["finetune_steps"]
@@ -232,7 +240,6 @@ def test_sigterm_inside_a_finetune_checkpoints_stops_and_resumes_to_the_same_rep
   assert again["curves"] == resumed["curves"]
 
 
-@pytest.mark.slow
 @pytest.mark.slow
 @pytest.mark.integration
 def test_positive_pairs_micle_pretrains_on_patient_pairs_and_the_report_says_so(tmp_path):

@@ -27,7 +27,7 @@ def test_hyperrule_schedule_follows_bit():
 @pytest.mark.slow
 @pytest.mark.integration
 def test_finetune_from_each_start_and_evaluate(tmp_path):
-  from train_testdata import write_multiclass, write_multilabel  # helper module next to the tests
+  from train_testdata import cli, write_multiclass, write_multilabel  # helpers next to the tests
 
   mc = write_multiclass(str(tmp_path / "mc"), num_shards=1, per_shard=8)
   ml = write_multilabel(str(tmp_path / "ml"), n=12, k=3)
@@ -52,23 +52,40 @@ def test_finetune_from_each_start_and_evaluate(tmp_path):
   assert r1["label_mode"] == "multiclass" and r1["num_classes"] == 2
   assert pre["final_step"] == 1
 
-  # 2. From a BiT .npz, multi-label with class weights and a frozen stem.
+  # 2. From a BiT .npz, multi-label with class weights and a frozen stem: remedis-finetune
+  #    run as a process (exit 0, results in --results_json).
   enc = models.build_encoder_by_name("bit-tiny")
   models.save_bit_checkpoint(enc, str(tmp_path / "bit.npz"))
-  r2 = finetune(
-    FinetuneConfig(
-      train_data=ml,
-      model_dir=str(tmp_path / "ft_npz"),
-      init_from=str(tmp_path / "bit.npz"),
-      train_steps=2,
-      freeze_up_to="block1",
-      class_weights=(1.0, 2.0, 1.0),
-      learning_rate=0.1,
-      **TINY,
-    )
+  common = ["--encoder=bit-tiny", "--image_size=32", "--global_batch_size=4"]
+  proc = cli(
+    "remedis-finetune",
+    [
+      f"--train_data={ml}",
+      f"--model_dir={tmp_path / 'ft_npz'}",
+      f"--init_from={tmp_path / 'bit.npz'}",
+      "--train_steps=2",
+      "--freeze_up_to=block1",
+      "--class_weights=1.0,2.0,1.0",
+      "--learning_rate=0.1",
+      f"--results_json={tmp_path / 'ft_npz.json'}",
+      *common,
+    ],
   )
+  log = proc.communicate(timeout=300)[0]
+  assert proc.returncode == 0, log[-3000:]
+  r2 = json.loads((tmp_path / "ft_npz.json").read_text())
   assert r2["initialized_from"].startswith("bit_npz:") and r2["label_mode"] == "multilabel"
-  assert np.isfinite(r2["metrics"]["loss"])
+  assert r2["final_step"] == 2 and np.isfinite(r2["metrics"]["loss"])
+  settings = json.loads((tmp_path / "ft_npz" / "config.json").read_text())
+  assert settings["class_weights"] == [1.0, 2.0, 1.0] and settings["freeze_up_to"] == "block1"
+  # A start point that does not exist is a user error: exit 2, one line naming it.
+  missing = str(tmp_path / "no-such-start.npz")
+  proc = cli(
+    "remedis-finetune",
+    [f"--train_data={ml}", f"--model_dir={tmp_path / 'ft_bad'}", f"--init_from={missing}", *common],
+  )
+  log = proc.communicate(timeout=300)[0]
+  assert proc.returncode == 2 and missing in log and "Traceback" not in log, log[-3000:]
 
   # 3. From a hub SavedModel, linear evaluation.
   from hub_export.export import export_encoder
@@ -86,17 +103,22 @@ def test_finetune_from_each_start_and_evaluate(tmp_path):
   )
   assert r3["initialized_from"].startswith("saved_model:") and r3["final_step"] == 2
 
-  # Evaluate the multi-label model; AUROC vs sklearn on the saved predictions.
+  # Evaluate the multi-label model with remedis-evaluate run as a process (exit 0);
+  # AUROC vs sklearn on the predictions it saved.
   out = tmp_path / "eval.json"
-  res = evaluate(
-    EvaluateConfig(
-      data=ml,
-      model_dir=str(tmp_path / "ft_npz"),
-      output_json=str(out),
-      predictions_npz=str(tmp_path / "pred.npz"),
-      num_bootstrap=200,
-    )
+  proc = cli(
+    "remedis-evaluate",
+    [
+      f"--data={ml}",
+      f"--model_dir={tmp_path / 'ft_npz'}",
+      f"--output_json={out}",
+      f"--predictions_npz={tmp_path / 'pred.npz'}",
+      "--num_bootstrap=200",
+    ],
   )
+  log = proc.communicate(timeout=300)[0]
+  assert proc.returncode == 0, log[-3000:]
+  res = json.loads(out.read_text())
   pred = np.load(tmp_path / "pred.npz")
   y, p = pred["labels"], pred["probabilities"]
   assert y.shape == (12, 3) and res["n_examples"] == 12 and res["n_patients"] == 6
@@ -109,8 +131,6 @@ def test_finetune_from_each_start_and_evaluate(tmp_path):
       f64 = 2 * 2 * (12 + 4) * 2.0**-53
       assert got["value"] == pytest.approx(roc_auc_score(y[m, k], p[m, k]), abs=f64)
       assert got["ci_low"] <= got["value"] <= got["ci_high"]
-  # JSON writes a float64's shortest round-tripping repr: read back exactly.
-  assert json.loads(out.read_text())["auroc"]["macro"]["value"] == res["auroc"]["macro"]["value"]
 
   # The SavedModel-started model evaluates too (encoder rebuilt from the SavedModel).
   res3 = evaluate(EvaluateConfig(data=mc, model_dir=str(tmp_path / "ft_hub"), num_bootstrap=50))

@@ -31,22 +31,29 @@ def data(tmp_path_factory):
   return write_multiclass(str(tmp_path_factory.mktemp("mc")), num_shards=1, per_shard=8)
 
 
+@pytest.fixture(scope="module")
+def plain(data, tmp_path_factory):
+  """4 steps without head and with steps_per_loop 1: the reference of both tests below."""
+  model_dir = str(tmp_path_factory.mktemp("plain"))
+  return model_dir, pretrain(
+    PretrainConfig(train_data=data, model_dir=model_dir, train_steps=4, **COMMON)
+  )
+
+
 def _encoder_arrays(model_dir):
   return [v.numpy() for v in run_dir.restore_model(model_dir).encoder.weights]
 
 
-def test_linear_eval_head_reads_the_manifest_and_never_moves_the_encoder(data, tmp_path):
+def test_linear_eval_head_reads_the_manifest_and_never_moves_the_encoder(data, plain, tmp_path):
+  plain_dir, plain = plain
   with_head = pretrain(
     PretrainConfig(
       train_data=data,
       model_dir=str(tmp_path / "head"),
-      train_steps=2,
+      train_steps=4,
       linear_eval_head=True,
       **COMMON,
     )
-  )
-  plain = pretrain(
-    PretrainConfig(train_data=data, model_dir=str(tmp_path / "plain"), train_steps=2, **COMMON)
   )
   assert {"sup_loss", "sup_accuracy"} <= set(with_head["metrics"])
   assert 0.0 <= with_head["metrics"]["sup_accuracy"] <= 1.0
@@ -66,19 +73,15 @@ def test_linear_eval_head_reads_the_manifest_and_never_moves_the_encoder(data, t
   assert np.abs(head.layers[-1].kernel.numpy()).max() > 0
   # The head trains on stop-gradient features: the encoder runs the same float32 ops on the
   # same batches as in a run without the head, so it ends bit-identical (as the losses below).
-  for a, b in zip(
-    _encoder_arrays(str(tmp_path / "head")), _encoder_arrays(str(tmp_path / "plain")), strict=True
-  ):
+  for a, b in zip(_encoder_arrays(str(tmp_path / "head")), _encoder_arrays(plain_dir), strict=True):
     np.testing.assert_array_equal(a, b)
   # The objective's own loss is the same; the head's cross-entropy is reported apart.
   assert with_head["loss_history"] == plain["loss_history"]
   assert with_head["metrics"]["sup_loss"] > 0 and "sup_loss" not in plain["metrics"]
 
 
-def test_steps_per_loop_runs_the_same_steps(data, tmp_path):
-  one = pretrain(
-    PretrainConfig(train_data=data, model_dir=str(tmp_path / "one"), train_steps=4, **COMMON)
-  )
+def test_steps_per_loop_runs_the_same_steps(data, plain, tmp_path):
+  one_dir, one = plain
   two = pretrain(
     PretrainConfig(
       train_data=data, model_dir=str(tmp_path / "two"), train_steps=4, steps_per_loop=2, **COMMON
@@ -90,9 +93,7 @@ def test_steps_per_loop_runs_the_same_steps(data, tmp_path):
   for step, loss in two["loss_history"]:
     # Same batches, views and float32 ops; only the tf.function boundaries move: bit-identical.
     assert loss == losses[step], step
-  for a, b in zip(
-    _encoder_arrays(str(tmp_path / "one")), _encoder_arrays(str(tmp_path / "two")), strict=True
-  ):
+  for a, b in zip(_encoder_arrays(one_dir), _encoder_arrays(str(tmp_path / "two")), strict=True):
     np.testing.assert_array_equal(a, b)
 
 

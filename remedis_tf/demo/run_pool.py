@@ -95,6 +95,7 @@ class RunPool:
     self._results: Any = None
     self._processes: list[Any] = []
     self._released = False
+    self.processes_started = 0  # Over the pool's life; at most num_workers run at once.
 
   def __enter__(self) -> RunPool:
     return self
@@ -102,14 +103,19 @@ class RunPool:
   def __exit__(self, *exc_info: object) -> None:
     self.close()
 
-  def _start(self) -> None:
+  def _start(self, wanted: int) -> None:
+    """Starts workers until min(wanted, num_workers) are running.
+
+    A stage with fewer runs than workers (a resumed study, the last runs of
+    a curve) does not pay for starting processes it cannot use; a later stage
+    with more runs adds workers to the same task queue.
+    """
     if self._released:
       raise RuntimeError("The pool was released; create a new one.")
-    if self._processes:
-      return
-    self._tasks = self._context.Queue()
-    self._results = self._context.Queue()
-    for i in range(self.num_workers):
+    if not self._processes:
+      self._tasks = self._context.Queue()
+      self._results = self._context.Queue()
+    for i in range(len(self._processes), min(wanted, self.num_workers)):
       process = self._context.Process(
         target=_worker,
         args=(self._tasks, self._results, os.getpid()),
@@ -118,6 +124,7 @@ class RunPool:
       )
       process.start()
       self._processes.append(process)
+      self.processes_started += 1
 
   def _forward_stop(self) -> None:
     for process in self._processes:
@@ -157,7 +164,7 @@ class RunPool:
     outcomes: list[dict[str, Any] | None] = [None] * len(specs)
     if not specs:
       return outcomes, watcher.requested
-    self._start()
+    self._start(len(specs))
     pending = collections.deque(range(len(specs)))
     in_flight: set[int] = set()
     forwarded = False
@@ -166,7 +173,7 @@ class RunPool:
         if watcher.requested and not forwarded:
           self._forward_stop()
           forwarded = True
-        while pending and len(in_flight) < self.num_workers and not watcher.requested:
+        while pending and len(in_flight) < len(self._processes) and not watcher.requested:
           index = pending.popleft()
           self._tasks.put((index, specs[index]))
           in_flight.add(index)
