@@ -1,7 +1,7 @@
 """Fine-tuning does what its options say, checked against the weights and float64 NumPy.
 
-* the encoder really starts from the given start point (our checkpoint, a BiT
-  .npz, a SavedModel), not from a fresh initialisation;
+* (that the encoder really starts from the given start point is checked in
+  finetune_evaluate_test, with the runs from each kind of start);
 * `freeze_up_to` freezes exactly the named blocks, at every level;
 * class weights (multi-class and multi-label) and weight decay change the
   loss by what a float64 reference says.
@@ -14,9 +14,7 @@ import tensorflow as tf
 from float32_bounds import (
   SAFETY,
   U32,
-  assert_network_close,
   assert_within,
-  bit_tiny_bound,
   random_walk_positive_sum_error,
 )
 
@@ -29,7 +27,6 @@ from remedis_tf.train.finetune import (
   freeze,
   supervised_loss,
 )
-from remedis_tf.train.pretrain import PretrainConfig, pretrain
 
 BLOCKS = ("root_block", "block1", "block2", "block3", "block4")
 TINY = dict(encoder="bit-tiny", image_size=32, global_batch_size=4)
@@ -99,67 +96,11 @@ def test_multilabel_class_weights_match_numpy():
   assert int(correct) == int(np.sum(((z > 0) == (target > 0)) & known))
 
 
-def _encoder_arrays(model_dir):
-  return [v.numpy() for v in run_dir.restore_model(model_dir).encoder.weights]
-
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
   from train_testdata import write_multiclass  # helper module next to the tests
 
   return write_multiclass(str(tmp_path_factory.mktemp("mc")), num_shards=1, per_shard=8)
-
-
-@pytest.mark.slow
-@pytest.mark.integration
-def test_each_start_point_is_really_loaded(data, tmp_path):
-  """With learning rate 0 the fine-tuned encoder equals its start point, weight for weight."""
-  pre = str(tmp_path / "pre")
-  pretrain(
-    PretrainConfig(train_data=data, model_dir=pre, train_steps=1, image_summaries=False, **TINY)
-  )
-  frozen_lr = dict(train_steps=1, learning_rate=0.0, **TINY)
-  finetune(
-    FinetuneConfig(train_data=data, model_dir=str(tmp_path / "a"), init_from=pre, **frozen_lr)
-  )
-  start = _encoder_arrays(pre)
-  got = _encoder_arrays(str(tmp_path / "a"))
-  assert all(np.array_equal(a, b) for a, b in zip(got, start, strict=True))
-  fresh = models.build_encoder_by_name("bit-tiny")
-  assert not all(np.array_equal(a, b.numpy()) for a, b in zip(got, fresh.weights, strict=True))
-
-  # A BiT .npz with recognisable weights.
-  encoder = models.build_encoder_by_name("bit-tiny")
-  rng = np.random.default_rng(7)
-  for v in encoder.weights:
-    v.assign(v.numpy() + rng.normal(0, 0.05, v.shape).astype(np.float32))
-  npz = str(tmp_path / "bit.npz")
-  models.save_bit_checkpoint(encoder, npz)
-  finetune(
-    FinetuneConfig(train_data=data, model_dir=str(tmp_path / "b"), init_from=npz, **frozen_lr)
-  )
-  got = _encoder_arrays(str(tmp_path / "b"))
-  assert all(np.array_equal(a, b.numpy()) for a, b in zip(got, encoder.weights, strict=True))
-
-  # A SavedModel: the fine-tuned encoder computes what the exported one does.
-  from hub_export.export import export_encoder
-
-  export_encoder(encoder, str(tmp_path / "hub"))
-  hub_dir = str(tmp_path / "c")
-  result = finetune(
-    FinetuneConfig(train_data=data, model_dir=hub_dir, init_from=str(tmp_path / "hub"), **frozen_lr)
-  )
-  assert result["initialized_from"] == f"saved_model:{tmp_path / 'hub'}"
-  images = tf.constant(np.random.default_rng(3).random((2, 32, 32, 3)), tf.float32)
-  restored = run_dir.restore_model(hub_dir, image_size=32).encoder
-  # Two float32 evaluations of bit-tiny (the SavedModel's graph, Keras): twice its
-  # statistical bound (float32_bounds.bit_tiny_bound).
-  assert_network_close(
-    restored(images)["feature_map"].numpy(),
-    encoder(images)["feature_map"].numpy(),
-    bit_tiny_bound(32, 32),
-    err_msg="feature_map",
-  )
 
 
 @pytest.mark.slow

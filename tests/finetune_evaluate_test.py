@@ -1,17 +1,30 @@
-"""Fine-tuning from each kind of start, then evaluation checked against scikit-learn."""
+"""Fine-tuning from each kind of start, then evaluation checked against scikit-learn.
+
+Each start point is checked to be really loaded, weight for weight (issue 13, item 4):
+a run with learning rate 0 ends at its checkpoint's encoder, the blocks frozen in a
+run from a BiT .npz keep the .npz's (perturbed, so recognisable) weights, and an
+encoder frozen from a SavedModel computes what the exported one does.
+"""
 
 import json
 
 import numpy as np
 import pytest
+import tensorflow as tf
+from float32_bounds import assert_network_close, bit_tiny_bound
 from sklearn.metrics import roc_auc_score
 
 from remedis_tf import models
+from remedis_tf.train import run_dir
 from remedis_tf.train.evaluate import EvaluateConfig, evaluate, predict, predict_each
 from remedis_tf.train.finetune import FinetuneConfig, finetune, hyperrule_schedule
 from remedis_tf.train.pretrain import PretrainConfig, pretrain
 
 TINY = dict(encoder="bit-tiny", image_size=32, global_batch_size=4)
+
+
+def _encoder_arrays(model_dir):
+  return [v.numpy() for v in run_dir.restore_model(model_dir).encoder.weights]
 
 
 def test_hyperrule_schedule_follows_bit():
@@ -32,11 +45,10 @@ def test_finetune_from_each_start_and_evaluate(tmp_path):
   mc = write_multiclass(str(tmp_path / "mc"), num_shards=1, per_shard=8)
   ml = write_multilabel(str(tmp_path / "ml"), n=12, k=3)
 
+  pre_dir = str(tmp_path / "pre")
   # 1. From our pretraining checkpoint (a model_dir), multi-class, label fraction.
   pre = pretrain(
-    PretrainConfig(
-      train_data=mc, model_dir=str(tmp_path / "pre"), train_steps=1, image_summaries=False, **TINY
-    )
+    PretrainConfig(train_data=mc, model_dir=pre_dir, train_steps=1, image_summaries=False, **TINY)
   )
   r1 = finetune(
     FinetuneConfig(
@@ -45,16 +57,24 @@ def test_finetune_from_each_start_and_evaluate(tmp_path):
       init_from=str(tmp_path / "pre"),
       train_steps=2,
       label_fraction=0.7,
+      learning_rate=0.0,  # The encoder must end where it started, weight for weight.
       **TINY,
     )
   )
   assert r1["initialized_from"].startswith("checkpoint:") and r1["final_step"] == 2
   assert r1["label_mode"] == "multiclass" and r1["num_classes"] == 2
   assert pre["final_step"] == 1
+  got = _encoder_arrays(str(tmp_path / "ft_ckpt"))
+  assert all(np.array_equal(a, b) for a, b in zip(got, _encoder_arrays(pre_dir), strict=True))
+  fresh = models.build_encoder_by_name("bit-tiny")
+  assert not all(np.array_equal(a, b.numpy()) for a, b in zip(got, fresh.weights, strict=True))
 
   # 2. From a BiT .npz, multi-label with class weights and a frozen stem: remedis-finetune
   #    run as a process (exit 0, results in --results_json).
   enc = models.build_encoder_by_name("bit-tiny")
+  rng = np.random.default_rng(7)
+  for v in enc.weights:  # Not a fresh initialisation: recognisable weights.
+    v.assign(v.numpy() + rng.normal(0, 0.05, v.shape).astype(np.float32))
   models.save_bit_checkpoint(enc, str(tmp_path / "bit.npz"))
   common = ["--encoder=bit-tiny", "--image_size=32", "--global_batch_size=4"]
   proc = cli(
@@ -78,6 +98,14 @@ def test_finetune_from_each_start_and_evaluate(tmp_path):
   assert r2["final_step"] == 2 and np.isfinite(r2["metrics"]["loss"])
   settings = json.loads((tmp_path / "ft_npz" / "config.json").read_text())
   assert settings["class_weights"] == [1.0, 2.0, 1.0] and settings["freeze_up_to"] == "block1"
+  # The frozen blocks hold the .npz's weights exactly; the last block trained.
+  trained = run_dir.restore_model(str(tmp_path / "ft_npz")).encoder
+  for block in ("root_block", "block1", "block4"):
+    same = [
+      np.array_equal(a.numpy(), b.numpy())
+      for a, b in zip(trained.get_layer(block).weights, enc.get_layer(block).weights, strict=True)
+    ]
+    assert all(same) if block != "block4" else not all(same), block
   # A start point that does not exist is a user error: exit 2, one line naming it.
   missing = str(tmp_path / "no-such-start.npz")
   proc = cli(
@@ -102,6 +130,16 @@ def test_finetune_from_each_start_and_evaluate(tmp_path):
     )
   )
   assert r3["initialized_from"].startswith("saved_model:") and r3["final_step"] == 2
+  # Frozen, the fine-tuned encoder computes what the exported one does: two float32
+  # evaluations of bit-tiny (the SavedModel's graph, Keras), twice its statistical bound.
+  images = tf.constant(np.random.default_rng(3).random((2, 32, 32, 3)), tf.float32)
+  restored = run_dir.restore_model(str(tmp_path / "ft_hub"), image_size=32).encoder
+  assert_network_close(
+    restored(images)["feature_map"].numpy(),
+    enc(images)["feature_map"].numpy(),
+    bit_tiny_bound(32, 32),
+    err_msg="feature_map",
+  )
 
   # Evaluate the multi-label model with remedis-evaluate run as a process (exit 0);
   # AUROC vs sklearn on the predictions it saved.
