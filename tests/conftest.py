@@ -1,5 +1,5 @@
 """Shared pytest set-up: oneDNN on, threads per worker, quiet TensorFlow, two logical CPUs,
-fewer garbage collections, longest test files first.
+longest test files first.
 
 * oneDNN: `remedis_tf.cpu_setup` turns it on (unless TF_ENABLE_ONEDNN_OPTS is
   set) before TensorFlow is imported, as every entry point does, so the suite
@@ -15,7 +15,6 @@ fewer garbage collections, longest test files first.
   devices, so it is done here, once, before any test module runs.
 """
 
-import gc
 import os
 import sys
 
@@ -25,14 +24,6 @@ _workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 _threads = str(max(1, (os.cpu_count() or 1) // _workers))
 os.environ.setdefault("TF_NUM_INTRAOP_THREADS", _threads)
 os.environ.setdefault("TF_NUM_INTEROP_THREADS", _threads)
-
-# Tracing builds millions of short-lived Python objects, and each worker's heap grows to
-# gigabytes of long-lived graphs and models that every full collection walks again.
-# Collecting generation 0 after 100,000 net allocations instead of 700, generation 1
-# after 50 of those instead of 10 and generation 2 after 100 instead of 10 measured
-# 115 s -> 105 s on three test files in one process (2-core AVX2 machine). Only when
-# garbage is collected changes.
-gc.set_threshold(100_000, 50, 100)
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _ROOT not in sys.path:
