@@ -4,10 +4,11 @@ One uninterrupted tiny study is the reference (module fixture). A copy of it
 with one fine-tuning run removed and the later stages undone is then stopped
 inside that run by SIGTERM to the remedis-demo process (sent deterministically
 by the test-only hook REMEDIS_DEMO_TEST_INTERRUPT, after the run's second
-step), resumed with the same command, and must give the reference's report. The copy shares the
-reference's archive, records and pretrained encoder: fine-tuning runs use one
-thread and are bitwise reproducible, while two-thread pretraining is not
-always (see the README), and this test is about the fine-tuning driver.
+step), resumed with the same command, and must give the reference's report.
+The copy shares the reference's archive, records, pretrained encoder and other
+runs: fine-tuning runs use one thread and are bitwise reproducible, while
+two-thread pretraining is not always (see the README), and this test is about
+the fine-tuning driver.
 """
 
 import json

@@ -17,14 +17,11 @@ from sklearn.metrics import roc_auc_score
 from remedis_tf import models
 from remedis_tf.train import run_dir
 from remedis_tf.train.evaluate import EvaluateConfig, evaluate, predict, predict_each
+from remedis_tf.train.evaluation_metrics import compute_metrics
 from remedis_tf.train.finetune import FinetuneConfig, finetune, hyperrule_schedule
 from remedis_tf.train.pretrain import PretrainConfig, pretrain
 
 TINY = dict(encoder="bit-tiny", image_size=32, global_batch_size=4)
-
-
-def _encoder_arrays(model_dir):
-  return [v.numpy() for v in run_dir.restore_model(model_dir).encoder.weights]
 
 
 def test_hyperrule_schedule_follows_bit():
@@ -40,13 +37,13 @@ def test_hyperrule_schedule_follows_bit():
 @pytest.mark.slow
 @pytest.mark.integration
 def test_finetune_from_each_start_and_evaluate(tmp_path):
-  from train_testdata import cli, write_multiclass, write_multilabel  # helpers next to the tests
+  from train_testdata import cli, encoder_arrays, write_multiclass, write_multilabel
 
   mc = write_multiclass(str(tmp_path / "mc"), num_shards=1, per_shard=8)
   ml = write_multilabel(str(tmp_path / "ml"), n=12, k=3)
 
-  pre_dir = str(tmp_path / "pre")
   # 1. From our pretraining checkpoint (a model_dir), multi-class, label fraction.
+  pre_dir = str(tmp_path / "pre")
   pre = pretrain(
     PretrainConfig(train_data=mc, model_dir=pre_dir, train_steps=1, image_summaries=False, **TINY)
   )
@@ -54,7 +51,7 @@ def test_finetune_from_each_start_and_evaluate(tmp_path):
     FinetuneConfig(
       train_data=mc,
       model_dir=str(tmp_path / "ft_ckpt"),
-      init_from=str(tmp_path / "pre"),
+      init_from=pre_dir,
       train_steps=2,
       label_fraction=0.7,
       learning_rate=0.0,  # The encoder must end where it started, weight for weight.
@@ -64,8 +61,8 @@ def test_finetune_from_each_start_and_evaluate(tmp_path):
   assert r1["initialized_from"].startswith("checkpoint:") and r1["final_step"] == 2
   assert r1["label_mode"] == "multiclass" and r1["num_classes"] == 2
   assert pre["final_step"] == 1
-  got = _encoder_arrays(str(tmp_path / "ft_ckpt"))
-  assert all(np.array_equal(a, b) for a, b in zip(got, _encoder_arrays(pre_dir), strict=True))
+  got = encoder_arrays(str(tmp_path / "ft_ckpt"))
+  assert all(np.array_equal(a, b) for a, b in zip(got, encoder_arrays(pre_dir), strict=True))
   fresh = models.build_encoder_by_name("bit-tiny")
   assert not all(np.array_equal(a, b.numpy()) for a, b in zip(got, fresh.weights, strict=True))
 
@@ -169,6 +166,12 @@ def test_finetune_from_each_start_and_evaluate(tmp_path):
       f64 = 2 * 2 * (12 + 4) * 2.0**-53
       assert got["value"] == pytest.approx(roc_auc_score(y[m, k], p[m, k]), abs=f64)
       assert got["ci_low"] <= got["value"] <= got["ci_high"]
+  # JSON writes a float64's shortest round-tripping repr: the process's metrics, read back,
+  # equal those recomputed here from the predictions it saved (same arrays, same seed).
+  again = compute_metrics(
+    y, p, "multilabel", pred["patient_ids"], ["c0", "c1", "c2"], num_bootstrap=200
+  )
+  assert res["auroc"] == json.loads(json.dumps(again["auroc"]))
 
   # The SavedModel-started model evaluates too (encoder rebuilt from the SavedModel).
   res3 = evaluate(EvaluateConfig(data=mc, model_dir=str(tmp_path / "ft_hub"), num_bootstrap=50))

@@ -7,6 +7,7 @@ every real converter output because the reader compared 'multi_class').
 
 import numpy as np
 import pytest
+from train_testdata import encoder_arrays
 
 from remedis_tf.train import run_dir
 from remedis_tf.train.pretrain import PretrainConfig, pretrain
@@ -32,7 +33,7 @@ def data(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def plain(data, tmp_path_factory):
+def plain_run(data, tmp_path_factory):
   """4 steps without head and with steps_per_loop 1: the reference of both tests below."""
   model_dir = str(tmp_path_factory.mktemp("plain"))
   return model_dir, pretrain(
@@ -40,12 +41,8 @@ def plain(data, tmp_path_factory):
   )
 
 
-def _encoder_arrays(model_dir):
-  return [v.numpy() for v in run_dir.restore_model(model_dir).encoder.weights]
-
-
-def test_linear_eval_head_reads_the_manifest_and_never_moves_the_encoder(data, plain, tmp_path):
-  plain_dir, plain = plain
+def test_linear_eval_head_reads_the_manifest_and_never_moves_the_encoder(data, plain_run, tmp_path):
+  plain_dir, plain = plain_run
   with_head = pretrain(
     PretrainConfig(
       train_data=data,
@@ -73,15 +70,15 @@ def test_linear_eval_head_reads_the_manifest_and_never_moves_the_encoder(data, p
   assert np.abs(head.layers[-1].kernel.numpy()).max() > 0
   # The head trains on stop-gradient features: the encoder runs the same float32 ops on the
   # same batches as in a run without the head, so it ends bit-identical (as the losses below).
-  for a, b in zip(_encoder_arrays(str(tmp_path / "head")), _encoder_arrays(plain_dir), strict=True):
+  for a, b in zip(encoder_arrays(str(tmp_path / "head")), encoder_arrays(plain_dir), strict=True):
     np.testing.assert_array_equal(a, b)
   # The objective's own loss is the same; the head's cross-entropy is reported apart.
   assert with_head["loss_history"] == plain["loss_history"]
   assert with_head["metrics"]["sup_loss"] > 0 and "sup_loss" not in plain["metrics"]
 
 
-def test_steps_per_loop_runs_the_same_steps(data, plain, tmp_path):
-  one_dir, one = plain
+def test_steps_per_loop_runs_the_same_steps(data, plain_run, tmp_path):
+  one_dir, one = plain_run
   two = pretrain(
     PretrainConfig(
       train_data=data, model_dir=str(tmp_path / "two"), train_steps=4, steps_per_loop=2, **COMMON
@@ -93,7 +90,7 @@ def test_steps_per_loop_runs_the_same_steps(data, plain, tmp_path):
   for step, loss in two["loss_history"]:
     # Same batches, views and float32 ops; only the tf.function boundaries move: bit-identical.
     assert loss == losses[step], step
-  for a, b in zip(_encoder_arrays(one_dir), _encoder_arrays(str(tmp_path / "two")), strict=True):
+  for a, b in zip(encoder_arrays(one_dir), encoder_arrays(str(tmp_path / "two")), strict=True):
     np.testing.assert_array_equal(a, b)
 
 

@@ -182,3 +182,10 @@ def cli(
     text=True,
     **kwargs,
   )
+
+
+def encoder_arrays(model_dir: str) -> list[np.ndarray]:
+  """The encoder weights of a training model_dir's latest checkpoint, as arrays."""
+  from remedis_tf.train import run_dir
+
+  return [v.numpy() for v in run_dir.restore_model(model_dir).encoder.weights]
