@@ -280,13 +280,23 @@ def test_resume_after_kill_writes_every_patch_once(data, run):
       [sys.executable, "-c", code, ROOT], env=env, stdout=f, stderr=f, timeout=300
     )
   assert proc.returncode == -9, log.read_text()[-2000:]
-  # Killed after 40 records: the chunks that fit whole are done, the next one is
-  # half written under a temporary name.
-  sizes = [s["records"] for split in manifest["shards"].values() for s in split]
-  sizes = [n for _, n in sorted(zip(_chunk_order(manifest), sizes, strict=True))]
-  done = int(np.searchsorted(np.cumsum(sizes), 40, side="right"))
-  assert 0 < done and sum(sizes[:done]) < 40
-  assert len(glob.glob(str(killed / "*.tfrecord"))) == done
+  # The worker writing the 40th record (in chunk order) killed the run and itself
+  # with that chunk's shard half written under a temporary name. Each worker takes
+  # whole chunks in order, so the other one was on the chunk before or after it:
+  # at least all but one earlier chunk are complete, and every complete shard
+  # already holds its final bytes.
+  shards_in_order = sorted(
+    zip(_chunk_order(manifest), [s for split in manifest["shards"].values() for s in split])
+  )
+  sizes = [s["records"] for _, s in shards_in_order]
+  killer = int(np.searchsorted(np.cumsum(sizes), 40, side="left"))
+  assert 0 < killer and sum(sizes[:killer]) < 40 <= sum(sizes[: killer + 1])
+  complete = _shard_bytes(killed)
+  complete = {k: v for k, v in complete.items() if k.endswith(".tfrecord")}
+  reference = _shard_bytes(out)
+  assert shards_in_order[killer][1]["file"] not in complete
+  assert len(complete) >= killer - 1
+  assert all(reference[name] == blob for name, blob in complete.items())
   assert glob.glob(str(killed / "*.tfrecord.tmp-*")) and not (killed / "manifest.json").exists()
   # Even the interrupted state (work folder, markers, partial shards) names no slide.
   for path in glob.glob(str(killed / "**" / "*"), recursive=True):

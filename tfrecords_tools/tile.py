@@ -2,7 +2,7 @@
 
 `tile(TileConfig(...))` lists the slides of the input (`slide_inputs`), then
 runs two resumable phases, in this process, in local worker processes
-(`num_workers`: slides, then blocks of patches, spread over processes) or with
+(`num_workers`: slides, then chunks of patches, spread over processes) or with
 Apache Beam (`runner="beam"`):
 
   1. Survey, one task per slide (`slide_survey`): mpp, hashed ids, label, read
@@ -12,9 +12,9 @@ Apache Beam (`runner="beam"`):
      at most `patches_per_shard`; a chunk becomes one shard
      `{split}-{chunk:05d}-of-{num_chunks:05d}.tfrecord`, written under a
      temporary name, renamed when complete, then marked done in
-     `_work/chunks/NNNNN.json`. Workers read and encode blocks of patches; this
-     process writes them in chunk order, so 1 and N workers write the same
-     bytes.
+     `_work/chunks/NNNNN.json`. The process that tiles a chunk writes it (no
+     patch crosses a process boundary); a chunk's bytes depend only on the
+     chunk, so 1 and N workers write the same bytes.
 A slide that cannot be read, has no mpp, or is too coarse goes to errors.json
 with its reason and the run goes on. After `kill -9`, rerunning the same
 command keeps finished slides and chunks and redoes the rest, so every patch is
@@ -39,7 +39,7 @@ import shutil
 import signal
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 from tfrecords_tools import (
   beam_pipeline,
@@ -171,6 +171,12 @@ class _Progress:
     self.patches_done += n
     self._show()
 
+  def patches_this_run(self, n: int) -> None:
+    """Sets the patches tiled by this invocation so far (shown only when it changed)."""
+    if self._patches_before + n != self.patches_done:
+      self.patches_done = self._patches_before + n
+      self._show()
+
   def _show(self) -> None:
     if not self._enabled:
       return
@@ -190,16 +196,22 @@ class _Progress:
       sys.stderr.flush()
 
 
-def _kill_check(config: TileConfig, written: int) -> None:
-  if config.kill_after_records and written >= config.kill_after_records:
-    os.kill(os.getpid(), signal.SIGKILL)
+def _kill_points(config: TileConfig, pending: Sequence[Chunk]) -> list[int]:
+  """Per pending chunk, the record after which to SIGKILL (0 = none; testing only).
+
+  `kill_after_records` = N names the N-th patch of this invocation, in chunk
+  order: the process writing it kills the run.
+  """
+  points, offset = [], 0
+  for chunk in pending:
+    size = chunk.stop - chunk.start
+    n = config.kill_after_records - offset
+    points.append(n if config.kill_after_records and 0 < n <= size else 0)
+    offset += size
+  return points
 
 
-# Blocks a pool worker takes at a time (tile_chunks.BLOCK_PATCHES patches each).
-BLOCKS_PER_TASK = 4
-
-
-def _make_pool(job: Job) -> concurrent.futures.ProcessPoolExecutor | None:
+def _make_pool(job: Job, patches_done) -> concurrent.futures.ProcessPoolExecutor | None:
   if job.config.num_workers <= 1:
     return None
   # 'spawn': the parent may hold TensorFlow, which is not fork-safe; workers
@@ -208,7 +220,7 @@ def _make_pool(job: Job) -> concurrent.futures.ProcessPoolExecutor | None:
     job.config.num_workers,
     mp_context=multiprocessing.get_context("spawn"),
     initializer=tile_chunks.init_pool_worker,
-    initargs=(job, os.getpid()),
+    initargs=(job, os.getpid(), patches_done),
   )
 
 
@@ -225,33 +237,44 @@ def _tile_local(
   works: dict[int, SlideWork],
   num_chunks: int,
   pool,
+  patches_done,
   progress: _Progress,
 ) -> None:
-  tasks = [b for chunk in pending for b in tile_chunks.blocks(chunk, works[chunk.slide])]
-  if pool is not None:
-    # Consecutive blocks (mostly of one slide) per task: fewer slide opens and messages.
-    results: Iterable = pool.map(tile_chunks.tile_block, tasks, chunksize=BLOCKS_PER_TASK)
-  else:
-    tile_chunks.init_worker(job)
-    results = map(tile_chunks.tile_block, tasks)
-  by_index = {c.index: c for c in pending}
-  writer, current, written = None, None, 0
-  for block, (records, errors, timings) in zip(tasks, results, strict=True):
-    if block.chunk != current:
-      current = block.chunk
-      writer = tile_chunks.ShardWriter(
-        job.output_dir, by_index[current], num_chunks, works[block.work.index]
-      )
-    for record in records:
-      writer.write(record)
-      written += 1
-      _kill_check(job.config, written)
-    writer.note(errors, timings)
-    progress.patches(block.stop - block.start)
-    if block.stop == by_index[current].stop:
-      writer.finish()
+  """Tiles the pending chunks here (one worker) or in the pool; each writes its shards."""
+  kill_points = _kill_points(job.config, pending)
   if pool is None:
-    tile_chunks.close_cached()
+    tile_chunks.init_worker(job)
+    try:
+      for chunk, kill_at in zip(pending, kill_points, strict=True):
+        written = 0
+
+        def on_record(kill_at: int = kill_at) -> None:
+          nonlocal written
+          written += 1
+          if written == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        tile_chunks.write_chunk(chunk, works[chunk.slide], num_chunks, progress.patches, on_record)
+    finally:
+      tile_chunks.close_cached()
+    return
+  # Each worker writes whole chunks, so no patch crosses a process boundary.
+  futures = {
+    pool.submit(
+      tile_chunks.write_chunk_in_pool,
+      *tile_chunks.chunk_task(chunk, works[chunk.slide]),
+      num_chunks,
+      kill_at,
+    )
+    for chunk, kill_at in zip(pending, kill_points, strict=True)
+  }
+  while futures:
+    done, futures = concurrent.futures.wait(
+      futures, timeout=0.5, return_when=concurrent.futures.FIRST_EXCEPTION
+    )
+    for future in done:
+      future.result()  # A worker's exception, with its traceback, ends the run.
+    progress.patches_this_run(patches_done.value)
 
 
 def _configuration(config: TileConfig, salt_origin: str, salt: bytes, names: Sequence[str]) -> dict:
@@ -396,7 +419,9 @@ def tile(config: TileConfig) -> dict:
     if not os.path.exists(slide_survey.slide_marker_path(output_dir, i))
   ]
   progress.slide(len(names) - len(pending_slides))
-  pool = _make_pool(job) if config.runner == "local" else None
+  # Patches tiled by pool workers in this invocation (shown as progress).
+  patches_done = multiprocessing.get_context("spawn").Value("q", 0)
+  pool = _make_pool(job, patches_done) if config.runner == "local" else None
   try:
     if config.runner == "beam":
       from tfrecords_tools import beam_pipeline
@@ -427,7 +452,7 @@ def tile(config: TileConfig) -> dict:
       )
       progress.patches(sum(c.stop - c.start for c in pending))
     else:
-      _tile_local(job, pending, works, len(chunks), pool, progress)
+      _tile_local(job, pending, works, len(chunks), pool, patches_done, progress)
   finally:
     if pool is not None:
       pool.shutdown(wait=True, cancel_futures=True)

@@ -1,13 +1,14 @@
 """Phase 2 of `remedis-tile`: chunks of a slide's patches, read, encoded and written.
 
 A surveyed slide's kept patches are cut into chunks of at most
-`patches_per_shard` (`plan_chunks`); a chunk becomes one shard. Workers run
-`tile_block` on blocks of BLOCK_PATCHES patches of a chunk (a block carries
-only its own coordinates), keeping the slide they last opened (a pool worker
-takes `tile.BLOCKS_PER_TASK` consecutive blocks at a time); the writing
-process feeds the records, in chunk order, to a `ShardWriter`, which writes
-the shard under a temporary name, renames it when complete and then writes
-the chunk's marker. A patch that cannot be read is reported
+`patches_per_shard` (`plan_chunks`); a chunk becomes one shard. The process
+that tiles a chunk (this one, a pool worker or a Beam worker) also writes it:
+`write_chunk` reads and encodes the chunk's patches in blocks of
+BLOCK_PATCHES (`tile_block`), keeping the slide it last opened, and feeds the
+records to a `ShardWriter`, which writes the shard under a temporary name
+(`record_file`, no TensorFlow), renames it when complete and then writes the
+chunk's marker. A chunk's bytes depend only on the chunk, so any number of
+workers writes the same shards. A patch that cannot be read is reported
 (`patch_read_error`, with its level-0 coordinates) and skipped.
 """
 
@@ -16,12 +17,13 @@ from __future__ import annotations
 import collections
 import dataclasses
 import os
+import signal
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from tfrecords_tools import patch_example, shards, tiling
+from tfrecords_tools import patch_example, record_file, shards, tiling
 from tfrecords_tools.slide_reader import SlideError, open_slide
 from tfrecords_tools.slide_survey import SlideWork, error_entry, scrub
 
@@ -82,12 +84,20 @@ def _watch_parent(parent: int) -> None:
   os._exit(1)
 
 
-def init_pool_worker(job: Job, parent: int) -> None:
-  """Pool initializer: the job, and a watch that ends the worker with its parent."""
+def init_pool_worker(job: Job, parent: int, patches_done) -> None:
+  """Pool initializer: the job, the shared patch counter, and a watch on the parent.
+
+  Args:
+    job: the run.
+    parent: the process id of the pool's owner.
+    patches_done: a shared `multiprocessing.Value` counting patches tiled.
+  """
   # A pool worker holds both ends of its task queue, so it would wait forever
   # for work from a parent killed with SIGKILL; this thread ends it instead.
   threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
   init_worker(job)
+  _WORKER["parent"] = parent
+  _WORKER["patches_done"] = patches_done
 
 
 def close_cached() -> None:
@@ -180,14 +190,12 @@ class ShardWriter:
   """Writes one chunk's shard under a temporary name, renames it, marks it done."""
 
   def __init__(self, output_dir: str, chunk: Chunk, num_chunks: int, work: SlideWork):
-    import tensorflow as tf  # Only the writing process needs TensorFlow.
-
     self._dir, self._chunk, self._work = output_dir, chunk, work
     self._final = os.path.join(
       output_dir, shards.shard_name(work.fields.split, chunk.index, num_chunks)
     )
     self._tmp = f"{self._final}{shards.TMP_TAG}{os.getpid()}"
-    self._writer = tf.io.TFRecordWriter(self._tmp)
+    self._writer = record_file.RecordFileWriter(self._tmp)
     self._records = 0
     self._errors: list[dict] = []
     self._timings: collections.Counter = collections.Counter()
@@ -245,6 +253,75 @@ def blocks(chunk: Chunk, work: SlideWork) -> list[Block]:
   return blocks
 
 
+def chunk_task(chunk: Chunk, work: SlideWork) -> tuple[Chunk, SlideWork]:
+  """The chunk with only its own patches' coordinates (a small message for a pool worker)."""
+  part = dataclasses.replace(
+    work,
+    coords=work.coords[chunk.start : chunk.stop],
+    fractions=work.fractions[chunk.start : chunk.stop],
+  )
+  return dataclasses.replace(chunk, start=0, stop=chunk.stop - chunk.start), part
+
+
+def write_chunk(
+  chunk: Chunk,
+  work: SlideWork,
+  num_chunks: int,
+  on_block: Callable[[int], None] | None = None,
+  on_record: Callable[[], None] | None = None,
+) -> dict:
+  """Tiles one chunk and writes its shard and marker (after `init_worker`).
+
+  Args:
+    chunk: the chunk.
+    work: its slide's work (or the chunk's part, see `chunk_task`).
+    num_chunks: chunks in the run (for the shard name).
+    on_block: called with each block's patch count once it is written.
+    on_record: called after each record written.
+
+  Returns:
+    The chunk marker.
+  """
+  job: Job = _WORKER["job"]  # type: ignore[assignment]
+  writer = ShardWriter(job.output_dir, chunk, num_chunks, work)
+  for block in blocks(chunk, work):
+    records, errors, timings = tile_block(block)
+    for record in records:
+      writer.write(record)
+      if on_record is not None:
+        on_record()
+    writer.note(errors, timings)
+    if on_block is not None:
+      on_block(block.stop - block.start)
+  return writer.finish()
+
+
+def write_chunk_in_pool(chunk: Chunk, work: SlideWork, num_chunks: int, kill_at: int) -> dict:
+  """`write_chunk` in a pool worker: counts patches in the shared counter.
+
+  Args:
+    chunk, work, num_chunks: as `write_chunk` (see `chunk_task`).
+    kill_at: testing only (`TileConfig.kill_after_records`): after writing
+      its `kill_at`-th record this worker kills the pool's owner and itself
+      with SIGKILL (0 = never).
+  """
+  counter = _WORKER["patches_done"]
+  written = 0
+
+  def on_block(n: int) -> None:
+    with counter.get_lock():  # type: ignore[attr-defined]
+      counter.value += n  # type: ignore[attr-defined]
+
+  def on_record() -> None:
+    nonlocal written
+    written += 1
+    if written == kill_at:
+      os.kill(_WORKER["parent"], signal.SIGKILL)  # type: ignore[arg-type]
+      os.kill(os.getpid(), signal.SIGKILL)
+
+  return write_chunk(chunk, work, num_chunks, on_block, on_record)
+
+
 def tile_chunk(job: Job, chunk: Chunk, work: SlideWork, num_chunks: int) -> dict:
   """Tiles and writes one chunk in this process (Beam workers).
 
@@ -252,11 +329,7 @@ def tile_chunk(job: Job, chunk: Chunk, work: SlideWork, num_chunks: int) -> dict
     The chunk marker.
   """
   init_worker(job)
-  writer = ShardWriter(job.output_dir, chunk, num_chunks, work)
-  for block in blocks(chunk, work):
-    records, errors, timings = tile_block(block)
-    for record in records:
-      writer.write(record)
-    writer.note(errors, timings)
-  close_cached()
-  return writer.finish()
+  try:
+    return write_chunk(chunk, work, num_chunks)
+  finally:
+    close_cached()
