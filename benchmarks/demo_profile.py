@@ -58,6 +58,9 @@ _WORKERS = flags.DEFINE_integer("workers", 2, "Processes of the parallel set-up 
 _AVX2 = flags.DEFINE_bool("avx2", True, "Also measure with ONEDNN_MAX_CPU_ISA=AVX2 (compare).")
 _SEEDS = flags.DEFINE_list("seeds", ["0"], "Seeds of the runs (child).")
 _TOP = flags.DEFINE_integer("top", 25, "Functions listed (profile).")
+_WARM = flags.DEFINE_bool(
+  "warm", True, "Runs share a trainer.WarmStart, as the demo's workers do (profile)."
+)
 
 # Phases of a run: (label, file name fragment, function name), summed as cumulative CPU.
 _PHASES = (
@@ -83,7 +86,7 @@ def _setup_threads(threads: int) -> None:
     tf.config.threading.set_inter_op_parallelism_threads(threads)
 
 
-def _one_run(study_dir: str, model_dir: str, seed: int) -> dict[str, float]:
+def _one_run(study_dir: str, model_dir: str, seed: int, warm=None) -> dict[str, float]:
   """A fine-tuning run and its prediction, as the demo does them; seconds and CPU seconds."""
   import keras  # noqa: PLC0415
 
@@ -114,9 +117,11 @@ def _one_run(study_dir: str, model_dir: str, seed: int) -> dict[str, float]:
       seed=seed,
       log_every_steps=_STEPS.value,
       summary_every_steps=_STEPS.value,
-    )
+    ),
+    warm=warm,
   )
-  keras.backend.clear_session()
+  if warm is None:
+    keras.backend.clear_session()
   t1, c1 = time.perf_counter(), time.process_time()
   evaluate.predict_each(  # Both sites' test splits, one restore, as the demo does.
     [
@@ -127,9 +132,11 @@ def _one_run(study_dir: str, model_dir: str, seed: int) -> dict[str, float]:
         batch_size=_EVAL_BATCH.value,
       )
       for site in ("siteA", "siteB")
-    ]
+    ],
+    warm,
   )
-  keras.backend.clear_session()
+  if warm is None:
+    keras.backend.clear_session()
   t2, c2 = time.perf_counter(), time.process_time()
   return {
     "finetune_s": t1 - t0,
@@ -143,10 +150,13 @@ def _one_run(study_dir: str, model_dir: str, seed: int) -> dict[str, float]:
 def _profile(study_dir: str) -> None:
   _setup_threads(_THREADS.value)
   with tempfile.TemporaryDirectory() as tmp:
-    warm = _one_run(study_dir, os.path.join(tmp, "warm"), 0)  # imports, first traces
+    from remedis_tf.train import trainer  # noqa: PLC0415
+
+    shared = trainer.WarmStart() if _WARM.value else None
+    warm = _one_run(study_dir, os.path.join(tmp, "warm"), 0, shared)  # imports, first traces
     profiler = cProfile.Profile(time.process_time)
     profiler.enable()
-    timed = _one_run(study_dir, os.path.join(tmp, "run"), 1)
+    timed = _one_run(study_dir, os.path.join(tmp, "run"), 1, shared)
     profiler.disable()
   stats = pstats.Stats(profiler)
   print(f"warm-up run: {json.dumps({k: round(v, 2) for k, v in warm.items()})}")

@@ -28,10 +28,10 @@ import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import keras
 import tensorflow as tf
 
 from remedis_tf.demo import study_runs
+from remedis_tf.train import trainer
 from remedis_tf.train.preemption import PreemptionWatcher
 
 THREADS_PER_RUN = 1
@@ -53,6 +53,8 @@ def _worker(tasks: Any, results: Any, study_pid: int) -> None:
   """Worker process: runs the specs it is given until it receives None."""
   tf.config.threading.set_intra_op_parallelism_threads(THREADS_PER_RUN)
   tf.config.threading.set_inter_op_parallelism_threads(THREADS_PER_RUN)
+  # Models and traced steps kept across this worker's runs (same results as fresh ones).
+  warm = trainer.WarmStart()
   with PreemptionWatcher((signal.SIGTERM, signal.SIGINT)) as watcher:
     results.put(("ready", None, os.getpid()))
     while True:
@@ -64,7 +66,7 @@ def _worker(tasks: Any, results: Any, study_pid: int) -> None:
         results.put(("skipped", index, None))
         continue
       try:
-        outcome = study_runs.execute(spec, watcher, study_pid)
+        outcome = study_runs.execute(spec, watcher, study_pid, warm)
       except BaseException as e:  # Sent to the main process, which re-raises it.
         text = traceback.format_exc()
         try:
@@ -73,8 +75,6 @@ def _worker(tasks: Any, results: Any, study_pid: int) -> None:
           payload = None
         results.put(("error", index, (payload, text)))
         return
-      finally:
-        keras.backend.clear_session()
       results.put(("done", index, outcome))
 
 

@@ -28,7 +28,7 @@ from typing import Any
 
 import tensorflow as tf
 
-from remedis_tf.train import evaluate, evaluation_metrics, finetune
+from remedis_tf.train import evaluate, evaluation_metrics, finetune, trainer
 from remedis_tf.train.preemption import PreemptionWatcher
 from tfrecords_tools import json_io
 
@@ -241,13 +241,20 @@ def _metrics(predictions: Mapping[str, Any]) -> dict[str, Any]:
   }
 
 
-def execute(spec: RunSpec, watcher: PreemptionWatcher, study_pid: int) -> dict[str, Any]:
+def execute(
+  spec: RunSpec,
+  watcher: PreemptionWatcher,
+  study_pid: int,
+  warm: trainer.WarmStart | None = None,
+) -> dict[str, Any]:
   """Runs or resumes one fine-tuning run; when complete, predicts and writes result.json.
 
   Args:
     spec: the run.
     watcher: stop requests (a stop checkpoints the run and returns).
     study_pid: the study's main process (for the test hook).
+    warm: the worker's models and traced steps, kept across its runs
+      (results equal a fresh process's; see `trainer.WarmStart`).
 
   Returns:
     {'status': 'done', 'result': result.json's dict} or {'status':
@@ -257,7 +264,9 @@ def execute(spec: RunSpec, watcher: PreemptionWatcher, study_pid: int) -> dict[s
   prepare_model_dir(spec)
   cpu0 = time.process_time()
   t0 = time.perf_counter()
-  trained = finetune.finetune(spec.finetune_config(), interrupt_hook(spec, watcher, study_pid))
+  trained = finetune.finetune(
+    spec.finetune_config(), interrupt_hook(spec, watcher, study_pid), warm
+  )
   train_seconds = time.perf_counter() - t0
   steps = int(trained["final_step"])
   train_examples = (steps - int(trained["start_step"])) * int(spec.settings["global_batch_size"])
@@ -278,7 +287,8 @@ def execute(spec: RunSpec, watcher: PreemptionWatcher, study_pid: int) -> dict[s
         data=data, model_dir=spec.model_dir, split="test", batch_size=spec.eval_batch_size
       )
       for _, data in spec.eval_data
-    ]
+    ],
+    warm,
   )
   for (site, _), predictions in zip(spec.eval_data, each, strict=True):
     path = spec.predictions_path(site)

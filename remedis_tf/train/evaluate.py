@@ -12,8 +12,8 @@ from __future__ import annotations
 import dataclasses
 import io
 import os
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import tensorflow as tf
@@ -27,6 +27,9 @@ from remedis_tf.train import evaluation_metrics, run_dir
 from remedis_tf.train.checkpointing import CheckpointError
 from tfrecords_tools import json_io
 from tfrecords_tools.schema import LabelMode
+
+if TYPE_CHECKING:
+  from remedis_tf.train import trainer
 
 # The arrays of a predictions .npz, in record order.
 PREDICTION_ARRAYS = ("labels", "probabilities", "patient_ids", "source_ids")
@@ -80,11 +83,29 @@ def predict(config: EvaluateConfig) -> dict[str, Any]:
   return predict_each([config])[0]
 
 
-def predict_each(configs: Sequence[EvaluateConfig]) -> list[dict[str, Any]]:
+def _probabilities_function(
+  encoder: Any, head: Any, image_size: int, multi_label: bool
+) -> Callable[[tf.Tensor], tf.Tensor]:
+  """Images -> class probabilities, one trace for every batch size."""
+
+  @tf.function(input_signature=[tf.TensorSpec([None, image_size, image_size, 3], tf.float32)])
+  def probabilities(images: tf.Tensor) -> tf.Tensor:
+    logits = head(encoder(images, training=False)[EMBEDDING], training=False)
+    return tf.sigmoid(logits) if multi_label else tf.nn.softmax(logits)
+
+  return probabilities
+
+
+def predict_each(
+  configs: Sequence[EvaluateConfig], warm: trainer.WarmStart | None = None
+) -> list[dict[str, Any]]:
   """`predict` for several data sets of one model: restored once, traced once.
 
   Every config must name the same model (model_dir, checkpoint and image
-  size); data, split, site and batch size may differ.
+  size); data, split, site and batch size may differ. With `warm`, a model
+  that a run of this process has just trained and saved as exactly this
+  checkpoint is used as it is in memory (its variables equal the file's),
+  with a prediction function traced once per WarmStart slot.
 
   Returns:
     `predict`'s dict for each config, in order.
@@ -109,16 +130,20 @@ def predict_each(configs: Sequence[EvaluateConfig]) -> list[dict[str, Any]]:
       f"{first.model_dir!r} has no fine-tuning config.json; evaluate a remedis-finetune model_dir."
     )
   image_size = first.image_size or run.image_size
-  model = run_dir.restore_model(prefix, image_size=image_size, trainable=False)
   label_mode = run.label_mode
   multi_label = label_mode == LabelMode.MULTI_LABEL
-  encoder, head = model.encoder, model.head
-
-  # One trace for every batch of every data set (batch size and last batch vary).
-  @tf.function(input_signature=[tf.TensorSpec([None, image_size, image_size, 3], tf.float32)])
-  def probabilities(images: tf.Tensor) -> tf.Tensor:
-    logits = head(encoder(images, training=False)[EMBEDDING], training=False)
-    return tf.sigmoid(logits) if multi_label else tf.nn.softmax(logits)
+  slot = warm.holding(prefix) if warm is not None else None
+  float32 = run.settings.get("mixed_precision") in (None, "float32")
+  if slot is not None and float32:
+    key = ("probabilities", image_size, multi_label)
+    if key not in slot.extras:
+      head = slot.built.checkpoint_items["head"]
+      slot.extras[key] = _probabilities_function(slot.built.encoder, head, image_size, multi_label)
+    probabilities = slot.extras[key]
+  else:
+    model = run_dir.restore_model(prefix, image_size=image_size, trainable=False)
+    # One trace for every batch of every data set (batch size and last batch vary).
+    probabilities = _probabilities_function(model.encoder, model.head, image_size, multi_label)
 
   results = []
   for config in configs:

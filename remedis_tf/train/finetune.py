@@ -405,6 +405,53 @@ class FinetuneTask(trainer.Task):
   def learning_rate(self, step: int) -> float:
     return float(self.schedule(step))
 
+  # What `build` creates and `replica_step` reads.
+  warm_attributes = ("head", "optimizer", "variables", "decayed", "class_weights", "replicas")
+
+  # Settings that only choose the data, the output and the logging: runs that
+  # differ only in these share built models and a traced step.
+  _DATA_ONLY = frozenset(
+    {
+      "train_data",
+      "model_dir",
+      "label_fraction",
+      "split",
+      "augment_preset",
+      "augment_overrides",
+      "checkpoint_steps",
+      "keep_checkpoint_max",
+      "keep_checkpoint_every_n_hours",
+      "log_every_steps",
+      "summary_every_steps",
+      "seed",
+    }
+  )
+
+  def warm_key(self) -> tuple[Any, ...] | None:
+    """Every setting the built objects or the traced step depend on (see trainer.WarmStart).
+
+    The start point is part of the key (its newest checkpoint file, so a
+    start point rewritten since counts as another); a random or SavedModel
+    start is never reused.
+    """
+    c = self.config
+    if self.start in (run_dir.StartKind.RANDOM, run_dir.StartKind.SAVED_MODEL):
+      return None
+    start = c.init_from
+    if self.start == run_dir.StartKind.CHECKPOINT and tf.io.gfile.isdir(start):
+      start = tf.train.latest_checkpoint(start)
+    settings = {k: v for k, v in trainer.dataclass_settings(c).items() if k not in self._DATA_ONLY}
+    return (
+      self.kind.value,
+      run_dir.absolute(start),
+      repr(sorted(settings.items())),
+      self.labels.mode.value,
+      self.labels.num_classes,
+      dataclasses.astuple(self.rule),
+      self.peak_lr,
+      self.trainable,
+    )
+
   def results(self) -> dict[str, Any]:
     return {
       "num_classes": self.labels.num_classes,
@@ -415,15 +462,20 @@ class FinetuneTask(trainer.Task):
     }
 
 
-def finetune(config: FinetuneConfig, watcher: PreemptionWatcher | None = None) -> dict[str, Any]:
+def finetune(
+  config: FinetuneConfig,
+  watcher: PreemptionWatcher | None = None,
+  warm: trainer.WarmStart | None = None,
+) -> dict[str, Any]:
   """Runs (or resumes) fine-tuning; see the module docstring.
 
   Args:
     config: a FinetuneConfig.
     watcher: shared stop requests (see `trainer.train`).
+    warm: built models and traced steps kept across runs (`trainer.WarmStart`).
 
   Returns:
     `trainer.train`'s results dict plus 'num_classes', 'label_mode',
     'label_names', 'schedule', 'train_examples'.
   """
-  return trainer.train(FinetuneTask(config), watcher)
+  return trainer.train(FinetuneTask(config), watcher, warm)

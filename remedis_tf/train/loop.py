@@ -205,6 +205,7 @@ def run_loop(
   learning_rate: Callable[[int], float] | None = None,
   watcher: PreemptionWatcher | None = None,
   fault: Fault | None = None,
+  functions: dict[int, Any] | None = None,
 ) -> LoopResult:
   """Trains from `step` to `total_steps` (see the module docstring).
 
@@ -226,14 +227,21 @@ def run_loop(
     learning_rate: step -> learning rate, for summaries.
     watcher: stop requests (SIGTERM); None never stops early.
     fault: a testing aid (see `Fault`); None in normal runs.
+    functions: traced train functions by steps per call, reused and filled
+      in (a WarmStart's); None traces them for this loop only.
 
   Returns:
     A LoopResult.
   """
   start = int(step.numpy())
   progress = Progress(total_steps, global_batch_size, start)
-  train = make_train_function(strategy, replica_step, step, steps_per_loop, jit_compile)
-  train_short = None
+  functions = {} if functions is None else functions
+
+  def train_function(n: int) -> Callable[[Iterator, tf.Tensor], Any]:
+    if n not in functions:
+      functions[n] = make_train_function(strategy, replica_step, step, n, jit_compile)
+    return functions[n]
+
   history: list[tuple[int, float]] = []
   last: dict[str, float] = {}
   saved: str | None = None
@@ -243,11 +251,7 @@ def run_loop(
   while current < total_steps:
     n = min(steps_per_loop, total_steps - current)
     flag = tf.constant(1.0 if watcher is not None and watcher.requested else 0.0)
-    if n == steps_per_loop:
-      metrics, stop = train(iterator, flag)
-    else:
-      train_short = train_short or make_train_function(strategy, replica_step, step, n, jit_compile)
-      metrics, stop = train_short(iterator, flag)
+    metrics, stop = train_function(n)(iterator, flag)
     previous, current = current, int(step.numpy())
     last = {k: float(np.asarray(v)) for k, v in metrics.items()}
     if not np.isfinite(last.get("loss", 0.0)):

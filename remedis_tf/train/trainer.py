@@ -209,6 +209,21 @@ class Task(abc.ABC):
     """Task-specific entries of the results dict."""
     return {}
 
+  # Attributes `build` sets that the traced replica step reads (see `adopt`).
+  warm_attributes: tuple[str, ...] = ()
+
+  def warm_key(self) -> tuple[Any, ...] | None:
+    """What makes two runs' built objects and traced steps interchangeable (see WarmStart).
+
+    None (the default): this task is never reused. Called after `prepare`.
+    """
+    return None
+
+  def adopt(self, other: Task) -> None:
+    """Takes over the objects `other.build` created (a WarmStart reuse)."""
+    for name in self.warm_attributes:
+      setattr(self, name, getattr(other, name))
+
 
 def seed_initializers(seed: int) -> None:
   """Seeds Keras 3 weight initialisers (drawn from Python's and NumPy's RNGs).
@@ -243,7 +258,86 @@ def global_step_variable() -> tf.Variable:
   )
 
 
-def train(task: Task, watcher: PreemptionWatcher | None = None) -> dict[str, Any]:
+def _state_variables(step: tf.Variable, items: Mapping[str, Any]) -> list[Any]:
+  """Every variable a checkpoint of `items` holds: models' weights, optimizers' variables."""
+  out: list[Any] = [step]
+  for item in items.values():
+    if isinstance(item, keras.optimizers.Optimizer):
+      out.extend(item.variables)
+    elif isinstance(item, keras.Model):
+      out.extend(item.weights)
+    else:
+      raise TypeError(f"Cannot snapshot checkpoint item {item!r} for a warm start.")
+  return out
+
+
+@dataclasses.dataclass
+class WarmSlot:
+  """One set of built objects and traced steps, and the values a run starts from.
+
+  Attributes:
+    task: the task whose `build` created the objects (its step is traced).
+    built, step, checkpoint: as in `train`.
+    encoder_call, jit_step: `loop.apply_jit_scope`'s results.
+    functions: traced train functions by steps per call.
+    initial: every state variable's value right after `build` (before any
+      restore or step): a run that reuses the slot starts from these.
+    holds: the checkpoint the variables equal now (set when a run ends).
+    extras: other per-slot caches (e.g. evaluate's prediction functions).
+  """
+
+  task: Task
+  built: Built
+  step: tf.Variable
+  checkpoint: tf.train.Checkpoint
+  encoder_call: Any
+  jit_step: bool
+  functions: dict[int, Any] = dataclasses.field(default_factory=dict)
+  initial: list[np.ndarray] = dataclasses.field(default_factory=list)
+  holds: str | None = None
+  extras: dict[Any, Any] = dataclasses.field(default_factory=dict)
+
+  def variables(self) -> list[Any]:
+    """The state variables, in the order of `initial`."""
+    return _state_variables(self.step, self.built.checkpoint_items)
+
+  def reset(self) -> None:
+    """Puts every state variable back to its value right after `build`."""
+    for variable, value in zip(self.variables(), self.initial, strict=True):
+      variable.assign(value)
+    # The checkpoint's own counter, so checkpoints match a fresh process's.
+    self.checkpoint.save_counter.assign(0)
+    self.holds = None
+
+
+class WarmStart:
+  """Keeps models, optimizer and traced train steps across runs in one process.
+
+  A process that runs many similar trainings (the demo's fine-tuning workers)
+  passes one WarmStart to every `train` call. A run whose task has the same
+  `warm_key` as an earlier one reuses that run's objects and traced step:
+  every variable is set back to its value right after the earlier `build`
+  (same start point, same settings, so the same values a fresh build gives),
+  the optimizer's slots and step to zero, and the new run's data stream is fed
+  to the traced step. Tracing, graph optimisation and model building are paid
+  once per key instead of once per run; the results equal a fresh process's.
+  Only the default (single-device) strategy is reused.
+  """
+
+  def __init__(self) -> None:
+    self.slots: dict[tuple[Any, ...], WarmSlot] = {}
+
+  def holding(self, checkpoint: str) -> WarmSlot | None:
+    """The slot whose variables equal `checkpoint` (a prefix), if any."""
+    for slot in self.slots.values():
+      if slot.holds is not None and os.path.abspath(slot.holds) == os.path.abspath(checkpoint):
+        return slot
+    return None
+
+
+def train(
+  task: Task, watcher: PreemptionWatcher | None = None, warm: WarmStart | None = None
+) -> dict[str, Any]:
   """Runs (or resumes) `task` to its last step, or until a stop request.
 
   Args:
@@ -251,12 +345,15 @@ def train(task: Task, watcher: PreemptionWatcher | None = None) -> dict[str, Any
     watcher: stop requests shared with the caller (e.g. the demo, so one
       signal stops the whole study); None watches SIGTERM and SIGINT during
       the loop.
+    warm: objects and traced steps kept across runs of this process (see
+      WarmStart); None builds and traces everything for this run only.
 
   Returns:
     {'model_dir', 'start_step', 'final_step', 'total_steps', 'preempted',
      'resumed_from', 'initialized_from', 'checkpoint', 'metrics' (last step),
      'loss_history' [(step, loss)], 'images_per_second', 'num_replicas',
-     'is_chief', 'encoder_weights' {'sha256', 'l2'}} plus `task.results()`.
+     'is_chief', 'encoder_weights' {'sha256', 'l2'}, 'warm_start' (whether
+     this run reused a WarmStart slot)} plus `task.results()`.
 
   Raises:
     remedis_tf.errors.UserError: bad settings, missing data, incompatible
@@ -272,13 +369,32 @@ def train(task: Task, watcher: PreemptionWatcher | None = None) -> dict[str, Any
   run = task.run_config(replicas)
   run_dir.check_compatible(config.model_dir, run, task.resume_keys)
 
+  key = None
+  if warm is not None and config.strategy == "default":
+    key = task.warm_key()
+  slot = warm.slots.get(key) if warm is not None and key is not None else None
+
   with precision.policy(config.mixed_precision):
     seed_initializers(config.seed)
     resuming = tf.train.latest_checkpoint(config.model_dir) is not None
-    with strategy.scope():
-      built = task.build(strategy, resuming)
-      step = global_step_variable()
-      checkpoint = tf.train.Checkpoint(step=step, **built.checkpoint_items)
+    if slot is None:
+      with strategy.scope():
+        built = task.build(strategy, resuming)
+        step = global_step_variable()
+        checkpoint = tf.train.Checkpoint(step=step, **built.checkpoint_items)
+      encoder_call, jit_step = loop.apply_jit_scope(strategy, built.encoder, config.jit_compile)
+      # A resumed build skips loading the start point, so it is not a start to reuse.
+      if key is not None and not resuming:
+        slot = WarmSlot(task, built, step, checkpoint, encoder_call, jit_step)
+        slot.initial = [np.array(v.numpy()) for v in slot.variables()]
+        warm.slots[key] = slot  # type: ignore[union-attr]
+    else:
+      task.adopt(slot.task)
+      slot.reset()
+      built, step, checkpoint = slot.built, slot.step, slot.checkpoint
+      encoder_call, jit_step = slot.encoder_call, slot.jit_step
+      logging.info("Warm start: reusing the built models and traced step of an earlier run.")
+    warm_start = slot is not None and slot.task is not task
     checkpointer = checkpointing.Checkpointer(
       checkpoint,
       config.model_dir,
@@ -313,7 +429,6 @@ def train(task: Task, watcher: PreemptionWatcher | None = None) -> dict[str, Any
     writer = progress.summary_writer(os.path.join(write_dir, "train") if chief else None)
     if chief:
       task.on_start(writer, start_step, dataset_fn)
-    encoder_call, jit_step = loop.apply_jit_scope(strategy, built.encoder, config.jit_compile)
     own_watcher = watcher is None
     watcher = watcher or PreemptionWatcher()
     if own_watcher:
@@ -336,12 +451,15 @@ def train(task: Task, watcher: PreemptionWatcher | None = None) -> dict[str, Any
         learning_rate=task.learning_rate,
         watcher=watcher,
         fault=loop.Fault.from_env(task.kind.value),
+        functions=slot.functions if slot is not None else None,
       )
     finally:
       if own_watcher:
         watcher.__exit__(None, None, None)
     fingerprint = weights_fingerprint([w for net in built.fingerprinted for w in net.weights])
     checkpointer.cleanup()
+    if slot is not None:
+      slot.holds = result.checkpoint if chief else None
 
   return {
     "model_dir": config.model_dir,
@@ -358,6 +476,7 @@ def train(task: Task, watcher: PreemptionWatcher | None = None) -> dict[str, Any
     "num_replicas": replicas,
     "is_chief": chief,
     "encoder_weights": fingerprint,
+    "warm_start": warm_start,
     **task.results(),
   }
 
