@@ -39,6 +39,8 @@ def _predict(config, warm=None):
   )[0]
 
 
+@pytest.mark.slow
+@pytest.mark.integration
 def test_warm_runs_equal_fresh_runs_and_trace_once(setup):
   # Same start and step settings; different seeds, label subsets and data order.
   runs = {"a": dict(seed=0), "b": dict(seed=1, label_fraction=0.5)}
