@@ -286,7 +286,12 @@ def test_resume_after_kill_writes_every_patch_once(data, run):
   # at least all but one earlier chunk are complete, and every complete shard
   # already holds its final bytes.
   shards_in_order = sorted(
-    zip(_chunk_order(manifest), [s for split in manifest["shards"].values() for s in split])
+    zip(
+      _chunk_order(manifest),
+      [s for split in manifest["shards"].values() for s in split],
+      strict=True,
+    ),
+    key=lambda pair: pair[0],
   )
   sizes = [s["records"] for _, s in shards_in_order]
   killer = int(np.searchsorted(np.cumsum(sizes), 40, side="left"))
