@@ -160,3 +160,30 @@ def test_freeze_and_weight_decay_during_training(data, tmp_path):
   rounding = random_walk_positive_sum_error(penalty, max(sizes)) + (2 + len(sizes)) * U32 * penalty
   bound = SAFETY * (rounding + U32 * abs(losses["decay"]))
   assert_within(losses["decay"] - losses["nodecay"], penalty, bound, "weight decay")
+
+
+def test_small_label_subset_of_one_file_is_cached(data, tmp_path):
+  import glob
+  import shutil
+
+  from remedis_tf.train.finetune import FinetuneTask
+
+  def cached(train_data, fraction):
+    task = FinetuneTask(
+      FinetuneConfig(
+        train_data=train_data,
+        model_dir=str(tmp_path / "m"),
+        label_fraction=fraction,
+        num_classes=2,
+        **TINY,
+      )
+    )
+    task.prepare()
+    return task.cache_subset
+
+  one = str(tmp_path / "one.tfrecord")
+  shutil.copy(sorted(glob.glob(data))[0], one)
+  assert cached(one, 0.5) and not cached(one, 1.0)
+  # Two files: the uncached stream reshuffles the file order each epoch, so no cache.
+  shutil.copy(one, tmp_path / "two.tfrecord")
+  assert not cached(str(tmp_path / "*.tfrecord"), 0.5)

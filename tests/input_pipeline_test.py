@@ -322,3 +322,34 @@ def test_skip_examples_must_not_be_negative(tmp_path):
     make_pretrain_dataset(
       str(tmp_path / "*.tfrecord"), batch_size=1, image_size=8, skip_examples=-1
     )
+
+
+def test_cached_label_subset_of_one_file_gives_the_same_stream(tmp_path):
+  # Fine-tuning caches a small label subset of a single file in memory
+  # (FinetuneTask.cache_subset); the batches must be those of the uncached pipeline,
+  # epoch after epoch. (With several files, the uncached pipeline reshuffles the file
+  # order every epoch and a cache would replay the first epoch's, so it is not cached.)
+  paths = _tiny_shards(tmp_path, 1, 24, size=8)
+
+  def stream(cache):
+    ds = make_supervised_dataset(
+      paths,
+      batch_size=4,
+      image_size=8,
+      training=True,
+      preset="cxr",
+      label_fraction=0.3,
+      seed=5,
+      cache=cache,
+      with_metadata=True,
+    )
+    batches = list(ds.take(12))
+    return (
+      np.concatenate([b["image"].numpy() for b in batches]),
+      [s for b in batches for s in b["source_id"].numpy()],
+    )
+
+  uncached, cached = stream(False), stream(True)
+  assert len(set(uncached[1])) < len(uncached[1])  # several epochs of a small subset
+  np.testing.assert_array_equal(cached[0], uncached[0])
+  assert cached[1] == uncached[1]
