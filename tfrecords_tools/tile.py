@@ -36,7 +36,6 @@ import logging
 import multiprocessing
 import os
 import shutil
-import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -246,14 +245,7 @@ def _tile_local(
     tile_chunks.init_worker(job)
     try:
       for chunk, kill_at in zip(pending, kill_points, strict=True):
-        written = 0
-
-        def on_record(kill_at: int = kill_at) -> None:
-          nonlocal written
-          written += 1
-          if written == kill_at:
-            os.kill(os.getpid(), signal.SIGKILL)
-
+        on_record = tile_chunks.kill_after(kill_at, (os.getpid(),))
         tile_chunks.write_chunk(chunk, works[chunk.slide], num_chunks, progress.patches, on_record)
     finally:
       tile_chunks.close_cached()

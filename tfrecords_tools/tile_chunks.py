@@ -306,20 +306,27 @@ def write_chunk_in_pool(chunk: Chunk, work: SlideWork, num_chunks: int, kill_at:
       with SIGKILL (0 = never).
   """
   counter = _WORKER["patches_done"]
-  written = 0
 
   def on_block(n: int) -> None:
     with counter.get_lock():  # type: ignore[attr-defined]
       counter.value += n  # type: ignore[attr-defined]
 
+  on_record = kill_after(kill_at, (_WORKER["parent"], os.getpid()))  # type: ignore[arg-type]
+  return write_chunk(chunk, work, num_chunks, on_block, on_record)
+
+
+def kill_after(kill_at: int, pids: Sequence[int]) -> Callable[[], None]:
+  """An `on_record` that SIGKILLs `pids`, in order, after the `kill_at`-th record (0: never)."""
+  written = 0
+
   def on_record() -> None:
     nonlocal written
     written += 1
     if written == kill_at:
-      os.kill(_WORKER["parent"], signal.SIGKILL)  # type: ignore[arg-type]
-      os.kill(os.getpid(), signal.SIGKILL)
+      for pid in pids:
+        os.kill(pid, signal.SIGKILL)
 
-  return write_chunk(chunk, work, num_chunks, on_block, on_record)
+  return on_record
 
 
 def tile_chunk(job: Job, chunk: Chunk, work: SlideWork, num_chunks: int) -> dict:
