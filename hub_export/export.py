@@ -25,6 +25,7 @@ The exported object, `obj = hub.load(path)` (or `tf.saved_model.load`), has:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 
@@ -33,6 +34,7 @@ import tensorflow as tf
 
 from hub_export import metadata as metadata_lib
 from hub_export import model_card
+from remedis_tf.models import gradients
 from remedis_tf.models.outputs import EMBEDDING, FEATURE_MAP, LOGITS, PROBABILITIES
 from tfrecords_tools.schema import LABEL_MODES, LabelMode
 
@@ -204,6 +206,7 @@ def export_encoder(
   model: keras.Model,
   export_dir: str,
   metadata: metadata_lib.ExportMetadata | None = None,
+  custom_gradients: bool = False,
 ) -> str:
   """Saves `model` as a reusable TF-Hub SavedModel in the PhysioNet format.
 
@@ -217,6 +220,12 @@ def export_encoder(
       to metadata named after the directory's basename (a release name such
       as "cxr-50x1-remedis-m" fills modality, depth, width and image size).
       Non-empty `label_names` exports the classifier.
+    custom_gradients: keep the hand-written gradients of group norm and
+      weight standardization in the SavedModel. False (default): the graph
+      holds the same forward ops and TensorFlow differentiates them, which
+      gives the same gradients to float32 rounding, exports and loads about
+      2.3x faster, and fine-tunes through `hub.KerasLayer` about 4% slower
+      per step (see `remedis_tf.models.gradients`).
 
   Returns:
     `export_dir`.
@@ -225,7 +234,8 @@ def export_encoder(
     name = os.path.basename(os.path.normpath(export_dir))
     feature_dim = int(output_shapes(model)[FEATURE_MAP][-1])
     metadata = metadata_lib.metadata_for(name, feature_dim=feature_dim)
-  with tempfile.TemporaryDirectory() as asset_dir:
+  tracing = contextlib.nullcontext() if custom_gradients else gradients.autodiff_gradients()
+  with tempfile.TemporaryDirectory() as asset_dir, tracing:
     root, signatures = build_export_object(model, metadata, asset_dir)
     tf.saved_model.save(root, export_dir, signatures=signatures)
   return export_dir

@@ -113,6 +113,13 @@ _SAVED_MODEL = flags.DEFINE_string(
 _ONNX_PATH = flags.DEFINE_string(
   "onnx_path", None, "The .onnx file to write; default: the SavedModel's path + '.onnx'."
 )
+_CUSTOM_GRADIENTS = flags.DEFINE_boolean(
+  "custom_gradients",
+  False,
+  "Keep the hand-written gradients of group norm and weight standardization in the "
+  "SavedModel: fine-tuning through hub.KerasLayer about 4% faster per step, export and "
+  "load about 2.3x slower. Off: TensorFlow differentiates the same forward ops.",
+)
 _ONNX_OPSET = flags.DEFINE_integer(
   "onnx_opset", onnx_export.DEFAULT_OPSET, "ONNX opset of the exported graph (13 to 18)."
 )
@@ -286,7 +293,13 @@ def export_from_flags(source: str, name: str, export_dir: str) -> None:
   if metadata.label_names and not metadata.label_mode:
     metadata = metadata.replace(label_mode=LabelMode.MULTI_CLASS.value)
   written = onnx_export.save_model(
-    model, export_dir, metadata, _FORMAT.value, onnx_path=_ONNX_PATH.value, opset=_ONNX_OPSET.value
+    model,
+    export_dir,
+    metadata,
+    _FORMAT.value,
+    onnx_path=_ONNX_PATH.value,
+    opset=_ONNX_OPSET.value,
+    custom_gradients=_CUSTOM_GRADIENTS.value,
   )
   logging.info("Exported %s to %s.", name, ", ".join(written))
 

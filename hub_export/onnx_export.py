@@ -368,6 +368,7 @@ def save_model(
   *,
   onnx_path: str | None = None,
   opset: int = DEFAULT_OPSET,
+  custom_gradients: bool = False,
 ) -> list[str]:
   """Writes `model` as a SavedModel, an ONNX file, or both.
 
@@ -381,6 +382,8 @@ def save_model(
     export_format: savedmodel, onnx or both.
     onnx_path: the .onnx file; default `default_onnx_path(export_dir)`.
     opset: ONNX opset.
+    custom_gradients: as for `export.export_encoder` (the ONNX graph holds
+      forward ops only either way).
 
   Returns:
     The paths written (SavedModel directory and/or .onnx file).
@@ -388,11 +391,11 @@ def save_model(
   export_format = ExportFormat(export_format)
   onnx_path = onnx_path or default_onnx_path(export_dir)
   if export_format == ExportFormat.SAVEDMODEL:
-    return [export.export_encoder(model, export_dir, metadata)]
+    return [export.export_encoder(model, export_dir, metadata, custom_gradients)]
   if export_format == ExportFormat.BOTH:
-    export.export_encoder(model, export_dir, metadata)
+    export.export_encoder(model, export_dir, metadata, custom_gradients)
     return [export_dir, export_onnx(export_dir, onnx_path, opset=opset)]
   with tempfile.TemporaryDirectory() as tmp:
     saved_model = os.path.join(tmp, os.path.basename(os.path.normpath(export_dir)))
-    export.export_encoder(model, saved_model, metadata)
+    export.export_encoder(model, saved_model, metadata, custom_gradients)
     return [export_onnx(saved_model, onnx_path, opset=opset)]

@@ -5,6 +5,7 @@ Each fit runs a few steps on tiny data; the loss must drop and every backbone
 trainable variable must change (or none, when frozen).
 """
 
+import float32_bounds
 import keras
 import numpy as np
 import pytest
@@ -129,3 +130,51 @@ def test_loaded_encoder_matches_export_and_checkpoints(exported, tmp_path):
   tf.train.Checkpoint(model=model).read(prefix).assert_existing_objects_matched()
   for s, w in zip(saved, encoder.weights, strict=True):
     np.testing.assert_array_equal(s, w.numpy())
+
+
+def _custom_gradient_ops(saved_model_dir):
+  """Nodes of the SavedModel's graphs that carry a hand-written gradient (tf.custom_gradient)."""
+  from tensorflow.core.protobuf import saved_model_pb2
+
+  proto = saved_model_pb2.SavedModel()
+  with open(f"{saved_model_dir}/saved_model.pb", "rb") as f:
+    proto.ParseFromString(f.read())
+  graph = proto.meta_graphs[0].graph_def
+  nodes = list(graph.node) + [n for fn in graph.library.function for n in fn.node_def]
+  return [n.name for n in nodes if "_gradient_op_type" in n.attr]
+
+
+def test_default_export_differentiates_the_forward_ops_with_the_same_gradients(tmp_path):
+  """The default export holds no custom gradients; its gradients through
+  hub.KerasLayer equal those of the export that keeps them and of the Keras
+  model (which uses them)."""
+  keras.utils.set_random_seed(3)
+  encoder = build_encoder_by_name("bit-tiny")
+  plain = export.export_encoder(encoder, str(tmp_path / "plain"))
+  custom = export.export_encoder(encoder, str(tmp_path / "custom"), custom_gradients=True)
+  assert _custom_gradient_ops(plain) == []
+  assert _custom_gradient_ops(custom)  # the switch is what removes them
+
+  rng = np.random.default_rng(4)
+  images = tf.constant(rng.random((2, SIZE, SIZE, 3)), tf.float32)
+  weights = tf.constant(rng.normal(size=(2, SIZE // 32, SIZE // 32, 2048)), tf.float32)
+
+  def gradients(call, variables):
+    with tf.GradientTape() as tape:
+      loss = tf.reduce_sum(call(images) * weights)
+    return [g.numpy() for g in tape.gradient(loss, variables)]
+
+  want = gradients(lambda x: encoder(x, training=True)["feature_map"], encoder.trainable_variables)
+  # A gradient is the forward chain, the backward chain (the same reductions,
+  # transposed) and the weight gradient's sum over batch x positions (at most
+  # 2 x 16 x 16 after the root's stride 2): twice bit-tiny's reductions plus
+  # that sum, in the statistical model of float32_bounds, per variable's rms.
+  bound = float32_bounds.statistical_relative_bound(
+    2 * float32_bounds.bit_reduction_sizes(height=SIZE, width_px=SIZE) + [2 * 16 * 16]
+  )
+  for path in (plain, custom):
+    layer = hub.KerasLayer(path, trainable=True, arguments={"training": True})
+    got = gradients(layer, layer.trainable_variables)
+    assert len(got) == len(want) == NUM_BACKBONE_VARIABLES
+    for i, (g, w) in enumerate(zip(got, want, strict=True)):
+      assert_network_close(g, w, bound, err_msg=f"{path} variable {i}")

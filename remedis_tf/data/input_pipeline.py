@@ -8,6 +8,10 @@ optionally cached. Each epoch is shuffled with its own seed and every random
 augmentation is keyed by (seed, example, epoch, view), so the same seed gives
 the same views whatever the parallelism.
 
+The map functions are traced without AutoGraph (`do_not_convert`): they branch
+on Python values only (random choices are `tf.cond`s on stateless draws), and
+AutoGraph's conversion of the augmentation code took seconds of CPU per process.
+
 Under tf.distribute, pass the InputContext and a per-replica batch size:
 
   strategy.distribute_datasets_from_function(lambda ctx: make_pretrain_dataset(
@@ -220,6 +224,7 @@ def _parsed_records(
   spec = {k: full_spec[k] for k in keys}
   splits, sites = _as_tuple(split), _as_tuple(site)
 
+  @tf.autograph.experimental.do_not_convert
   def parse(serialized):
     ex = tf.io.parse_single_example(serialized, spec)
     out = {
@@ -238,6 +243,7 @@ def _parsed_records(
       out["multi_label"] = tf.cast(ex[schema.MULTI_LABEL], tf.float32)
     return out
 
+  @tf.autograph.experimental.do_not_convert
   def keep(ex):
     ok = tf.constant(True)
     if splits is not None:
@@ -287,7 +293,12 @@ def _epochs(
     epochs = tf.data.Dataset.range(1 if repeat is False else int(repeat))
   if shuffle_buffer > 1:
     ds = ds.shuffle(shuffle_buffer, seed=int(seed) % (2**31 - 1), reshuffle_each_iteration=True)
-  out = epochs.flat_map(lambda epoch: ds.map(lambda ex: {**ex, "epoch": epoch}))
+
+  @tf.autograph.experimental.do_not_convert
+  def tagged(epoch):
+    return ds.map(tf.autograph.experimental.do_not_convert(lambda ex: {**ex, "epoch": epoch}))
+
+  out = epochs.flat_map(tagged)
   return out.skip(skip) if skip else out
 
 
@@ -399,6 +410,7 @@ def make_pretrain_dataset(
   )
   ds = _epochs(ds, repeat=repeat, shuffle_buffer=shuffle_buffer, seed=seed, skip=skip_examples)
 
+  @tf.autograph.experimental.do_not_convert
   def two_views(ex):
     image = _decode(ex["encoded"], config.channels)
     example_seed = seeds.fold_in(base, ex["key"], ex["epoch"])
@@ -523,6 +535,7 @@ def make_supervised_dataset(
     skip=skip_examples,
   )
 
+  @tf.autograph.experimental.do_not_convert
   def prepare(ex):
     image = _decode(ex["encoded"], config.channels)
     if training:

@@ -28,6 +28,8 @@ from typing import Any
 import keras
 import tensorflow as tf
 
+from remedis_tf.models import gradients
+
 BIT_GROUPS = 32
 BIT_EPSILON = 1e-5
 
@@ -74,7 +76,7 @@ def group_norm(
   dtype = inputs.dtype
   float32 = dtype == tf.float32
 
-  @tf.custom_gradient
+  @gradients.custom_gradient
   def forward(x: tf.Tensor, gamma: tf.Tensor, beta: tf.Tensor) -> Any:
     x32 = x if float32 else tf.cast(x, tf.float32)
     mean = _group_mean(tf.reduce_mean(x32, axis=[1, 2], keepdims=True), groups)

@@ -33,6 +33,8 @@ import keras
 import tensorflow as tf
 from keras import ops
 
+from remedis_tf.models import gradients
+
 # BiT's standardization epsilon (big_transfer bit_tf2/models.py, bit_jax/models.py).
 WS_EPSILON = 1e-10
 
@@ -56,7 +58,7 @@ def standardize_kernel(kernel: Any, epsilon: float = WS_EPSILON) -> Any:
     channel.
   """
 
-  @tf.custom_gradient
+  @gradients.custom_gradient
   def forward(w: tf.Tensor) -> Any:
     axes = [0, 1, 2]
     centered = w - tf.reduce_mean(w, axis=axes, keepdims=True)

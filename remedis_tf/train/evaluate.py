@@ -88,7 +88,10 @@ def _probabilities_function(
 ) -> Callable[[tf.Tensor], tf.Tensor]:
   """Images -> class probabilities, one trace for every batch size."""
 
-  @tf.function(input_signature=[tf.TensorSpec([None, image_size, image_size, 3], tf.float32)])
+  @tf.function(
+    input_signature=[tf.TensorSpec([None, image_size, image_size, 3], tf.float32)],
+    autograph=False,
+  )
   def probabilities(images: tf.Tensor) -> tf.Tensor:
     logits = head(encoder(images, training=False)[EMBEDDING], training=False)
     return tf.sigmoid(logits) if multi_label else tf.nn.softmax(logits)

@@ -104,7 +104,9 @@ class CompiledEncoder:
 
   def __init__(self, encoder: Any) -> None:
     self.encoder = encoder
-    self._compiled = tf.function(self._forward, jit_compile=True, reduce_retracing=True)
+    self._compiled = tf.function(
+      self._forward, jit_compile=True, reduce_retracing=True, autograph=False
+    )
 
   def _forward(self, images: tf.Tensor, training: bool) -> Any:
     return self.encoder(images, training=training)
@@ -158,7 +160,9 @@ def make_train_function(
     process wants to stop); the returned `stop` is its sum over all replicas (> 0: stop).
   """
   if jit_compile:
-    replica_step = tf.function(replica_step, jit_compile=True, reduce_retracing=True)
+    replica_step = tf.function(
+      replica_step, jit_compile=True, reduce_retracing=True, autograph=False
+    )
 
   def last_step(batch: Any, flag: tf.Tensor) -> tuple[Mapping[str, tf.Tensor], tf.Tensor]:
     metrics = replica_step(batch)
@@ -169,7 +173,9 @@ def make_train_function(
     )
     return metrics, stop
 
-  @tf.function
+  # No AutoGraph: the step's Python control flow is on Python values only, and
+  # converting the step's code took seconds of CPU per process.
+  @tf.function(autograph=False)
   def train(iterator: Iterator, stop_flag: tf.Tensor):
     for _ in range(steps_per_loop - 1):
       strategy.run(replica_step, args=(next(iterator),))
