@@ -18,10 +18,15 @@ PYTEST_WORKERS ?= 3
 venv: $(STAMP)
 
 # requirements-onnx.lock: the `onnx` extra (tf2onnx, onnx, onnxruntime); the tests cover it.
-$(STAMP): requirements.lock requirements-onnx.lock pyproject.toml
+# requirements-reference.lock: scikit-learn for the tests, in $(VENV)/reference, which only
+# the pytest process puts on sys.path (tests/conftest.py): Keras imports scikit-learn
+# whenever it can, which cost every TensorFlow process 1.3 s of CPU.
+$(STAMP): requirements.lock requirements-onnx.lock requirements-reference.lock pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements.lock -r requirements-onnx.lock
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps --upgrade \
+	  --target $(VENV)/reference -r requirements-reference.lock
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps -e .
 	@touch $@
 

@@ -28,6 +28,12 @@ os.environ.setdefault("TF_NUM_INTEROP_THREADS", _threads)
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _ROOT not in sys.path:
   sys.path.insert(0, _ROOT)
+# scikit-learn (an independent reference of some tests) lives outside site-packages, in
+# .venv/reference (Makefile), so that the TensorFlow processes the tests start do not
+# import it with Keras. Appended: site-packages keeps precedence.
+_REFERENCE = os.path.join(sys.prefix, "reference")
+if os.path.isdir(_REFERENCE) and _REFERENCE not in sys.path:
+  sys.path.append(_REFERENCE)
 
 from remedis_tf import cpu_setup  # noqa: E402, F401  (oneDNN default, before TensorFlow)
 

@@ -24,9 +24,16 @@ NUM_BACKBONE_VARIABLES = 43  # bit-tiny
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
+def source():
+  keras.utils.set_random_seed(3)
+  return build_encoder_by_name("bit-tiny")
+
+
+@pytest.fixture(scope="module")
+def exported(source, tmp_path_factory):
+  """The default export (forward ops only, TensorFlow differentiates them)."""
   path = str(tmp_path_factory.mktemp("export") / "tiny")
-  export.export_encoder(build_encoder_by_name("bit-tiny"), path)
+  export.export_encoder(source, path)
   return path
 
 
@@ -144,13 +151,13 @@ def _custom_gradient_ops(saved_model_dir):
   return [n.name for n in nodes if "_gradient_op_type" in n.attr]
 
 
-def test_default_export_differentiates_the_forward_ops_with_the_same_gradients(tmp_path):
+def test_default_export_differentiates_the_forward_ops_with_the_same_gradients(
+  source, exported, tmp_path
+):
   """The default export holds no custom gradients; its gradients through
   hub.KerasLayer equal those of the export that keeps them and of the Keras
   model (which uses them)."""
-  keras.utils.set_random_seed(3)
-  encoder = build_encoder_by_name("bit-tiny")
-  plain = export.export_encoder(encoder, str(tmp_path / "plain"))
+  encoder, plain = source, exported
   custom = export.export_encoder(encoder, str(tmp_path / "custom"), custom_gradients=True)
   assert _custom_gradient_ops(plain) == []
   assert _custom_gradient_ops(custom)  # the switch is what removes them
