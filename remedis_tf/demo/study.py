@@ -32,6 +32,7 @@ with code 3); the same command then resumes the checkpointed runs.
 from __future__ import annotations
 
 import concurrent.futures
+import concurrent.futures.process  # BrokenProcessPool; the package does not import it itself
 import os
 import signal
 from collections.abc import Callable
