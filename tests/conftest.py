@@ -48,17 +48,17 @@ except RuntimeError:  # devices already initialised by an earlier import
 
 
 # The longest test files, longest first (seconds of test time in one `make test` on a
-# 2-core AVX2 machine, 2026-12-01, commit 7b79903). Only the scheduling order depends on it.
+# 2-core AVX2 machine, 2026-12-01, commit 2badae0). Only the scheduling order depends on it.
 LONGEST_FILES = (
-  "demo_study_test.py",  # 269
-  "hub_export_onnx_test.py",  # 221
-  "mixed_precision_train_test.py",  # 195
-  "pretrain_resume_test.py",  # 154
-  "pretrain_multiworker_test.py",  # 141
-  "pretrain_behaviour_test.py",  # 102
-  "finetune_evaluate_test.py",  # 98
-  "input_pipeline_test.py",  # 79
-  "hub_export_finetuned_saved_model_test.py",  # 72
+  "mixed_precision_train_test.py",  # 247
+  "demo_study_test.py",  # 234
+  "hub_export_onnx_test.py",  # 193
+  "hub_export_finetune_test.py",  # 152
+  "finetune_evaluate_test.py",  # 141
+  "pretrain_multiworker_test.py",  # 136
+  "pretrain_behaviour_test.py",  # 120
+  "pretrain_resume_test.py",  # 116
+  "pretrain_objectives_loop_test.py",  # 109
 )
 
 
