@@ -22,7 +22,7 @@ from float32_bounds import (
 )
 
 from remedis_tf import models
-from remedis_tf.models import bit_resnet
+from remedis_tf.models import bit_checkpoint, bit_resnet
 
 # ---------------------------------------------------------------------------
 # Independent NumPy reference (float64).
@@ -170,18 +170,22 @@ def _rel_err(got, want) -> float:
 
 
 @pytest.mark.parametrize(
-  "shape, contrast",
+  "shape, contrast, training",
   [
-    ((2, 64, 64, 3), 1.0),
-    ((1, 48, 40, 3), 1.0),  # Not a multiple of 32: ceil(H / 32) output.
-    ((1, 32, 32, 3), 1e-3),  # Low contrast: GN epsilon 1e-5 vs 1e-3 matters here.
+    ((2, 64, 64, 3), 1.0, False),
+    # In training, the last stages' small maps run as patches (or a strided slice)
+    # times the kernel (weight_standardization.PATCHES_MAX_POSITIONS): the same sums.
+    ((2, 64, 64, 3), 1.0, True),
+    ((1, 48, 40, 3), 1.0, False),  # Not a multiple of 32: ceil(H / 32) output.
+    ((1, 48, 40, 3), 1.0, True),  # Non-square small maps (3x2, 2x2) through the patches.
+    ((1, 32, 32, 3), 1e-3, False),  # Low contrast: GN epsilon 1e-5 vs 1e-3 matters here.
   ],
 )
-def test_forward_matches_numpy_reference(tmp_path, shape, contrast):
+def test_forward_matches_numpy_reference(tmp_path, shape, contrast, training):
   model, weights = _tiny_with_npz(tmp_path, num_classes=3)
   rng = np.random.default_rng(1)
   images = (0.5 + contrast * (rng.uniform(0, 1, shape) - 0.5)).astype(np.float32)
-  got = model(images)
+  got = model(images, training=training)
   want = bit_forward(weights, images)
   n, h, w, _ = shape
   assert got["feature_map"].shape == (n, -(-h // 32), -(-w // 32), 2048)
@@ -234,6 +238,63 @@ def test_gradients_reach_every_variable(tmp_path):
     assert g is not None, v.path
     assert np.all(np.isfinite(g)), v.path
     assert np.any(g != 0), v.path
+
+
+def test_training_gradients_match_float64_finite_differences(tmp_path):
+  """Gradients of the training forward pass (hand-written GroupNorm and weight
+  standardization gradients; patches, strided-slice and matmul convolutions on
+  the small maps) against central differences of the float64 NumPy reference.
+
+  For a variable W with float32 gradient g, the reference's derivative along
+  g_hat = g / |g| is <g_exact, g_hat>, which equals |g| when g is exact; any error
+  e in g changes it by at most |e|. A wrong gradient (another direction or scale)
+  moves it by about |g|.
+  """
+  model, weights = _tiny_with_npz(tmp_path)
+  rng = np.random.default_rng(7)
+  images = rng.uniform(size=(2, 64, 64, 3)).astype(np.float32)
+  mix = rng.normal(size=(2, 2, 2, 2048))  # the loss: sum(feature_map * mix)
+  with tf.GradientTape() as tape:
+    loss = tf.reduce_sum(model(images, training=True)["feature_map"] * mix.astype(np.float32))
+  grads = dict(zip(_npz_keys(model), tape.gradient(loss, model.trainable_variables), strict=True))
+
+  def reference_loss(w):
+    return float(np.sum(bit_forward(w, images)["feature_map"] * mix))
+
+  # A gradient is the forward chain, the backward chain (the same reductions,
+  # transposed) and the weight gradient's sum over batch x positions (at most
+  # 2 x 32 x 32, the root convolution's output): twice bit-tiny's reductions plus
+  # that sum, in the statistical model of float32_bounds. The central difference's
+  # step is 1e-7 |W|: float64 rounding of the loss (about 1e-14 of its 1.6e4 terms'
+  # magnitude) over that step is about 1e-8 of |g|; larger steps cross ReLU and
+  # max-pool kinks (at 1e-5 |W| the difference moved by up to 8e-4 relative).
+  bound = statistical_relative_bound(2 * bit_reduction_sizes(height=64, width_px=64) + [2048])
+  for key in (
+    "resnet/root_block/standardized_conv2d/kernel",  # gradient through every layer above
+    "resnet/block1/unit01/b/standardized_conv2d/kernel",  # 3x3/1 convolution, 16x16
+    "resnet/block3/unit01/a/proj/standardized_conv2d/kernel",  # 1x1/2 convolution, 4x4
+    "resnet/block3/unit01/b/standardized_conv2d/kernel",  # 3x3/2 as patches, 4x4
+    "resnet/block4/unit01/a/proj/standardized_conv2d/kernel",  # 1x1/2 as a slice, 2x2
+    "resnet/block4/unit01/b/standardized_conv2d/kernel",  # 3x3/2 as patches, 2x2
+    "resnet/block4/unit01/c/group_norm/gamma",
+    "resnet/block2/unit01/a/group_norm/beta",
+  ):
+    g = np.asarray(grads[key], np.float64)
+    norm = np.linalg.norm(g)
+    step = 1e-7 * np.linalg.norm(weights[key].astype(np.float64))
+    direction = g / norm
+    plus, minus = dict(weights), dict(weights)
+    plus[key] = weights[key].astype(np.float64) + step * direction
+    minus[key] = weights[key].astype(np.float64) - step * direction
+    derivative = (reference_loss(plus) - reference_loss(minus)) / (2 * step)
+    assert abs(derivative - norm) <= bound * norm, (key, derivative, norm, bound)
+
+
+def _npz_keys(model: keras.Model) -> list[str]:
+  """The `.npz` key of each trainable variable, in model.trainable_variables order."""
+  slots = bit_checkpoint.checkpoint_slots(model)
+  keys = {id(slot.variable): key for key, slot in slots.items()}
+  return [keys[id(v)] for v in model.trainable_variables]
 
 
 # ---------------------------------------------------------------------------

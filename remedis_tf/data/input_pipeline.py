@@ -21,9 +21,10 @@ Under tf.distribute, pass the InputContext and a per-replica batch size:
 
 from __future__ import annotations
 
+import functools
 import glob
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -302,6 +303,28 @@ def _epochs(
   return out.skip(skip) if skip else out
 
 
+@functools.lru_cache(maxsize=16)
+def _augment_function(config: AugmentConfig, image_size: int) -> Callable[..., tf.Tensor]:
+  """`augment.augment_view(image, config, seed, image_size)` as a tf.function.
+
+  A tf.data map traces its Python function again for every new dataset, and the
+  augmentation is most of that graph. Called from the map functions, this one is
+  traced once per image dtype and shape in a process and reused by every later
+  pipeline (the demo's fine-tuning workers build one per run).
+  """
+  return tf.function(
+    lambda image, seed: augment.augment_view(image, config, seed, image_size), autograph=False
+  )
+
+
+@functools.lru_cache(maxsize=16)
+def _eval_function(config: AugmentConfig, image_size: int) -> Callable[..., tf.Tensor]:
+  """`augment.preprocess_eval(image, config, image_size)` as a tf.function (see above)."""
+  return tf.function(
+    lambda image: augment.preprocess_eval(image, config, image_size), autograph=False
+  )
+
+
 def _options(deterministic: bool) -> tf.data.Options:
   options = tf.data.Options()
   options.deterministic = deterministic
@@ -385,6 +408,7 @@ def make_pretrain_dataset(
     raise ConfigError(f"positive_pairs must be one of {POSITIVE_PAIRS}, got {positive_pairs!r}")
   config = get_preset(preset)
   base = seeds.make_seed(seed)
+  augment_view = _augment_function(config, image_size)
   if positive_pairs == "micle":
     # Imported here: micle builds on this module (list_files, record_key).
     from remedis_tf.data import micle as micle_lib
@@ -424,8 +448,8 @@ def make_pretrain_dataset(
       )
       out.update(partner_key=partner["key"], fallback=partner["fallback"])
     return {
-      "view1": augment.augment_view(image, config, seeds.fold_in(example_seed, 1), image_size),
-      "view2": augment.augment_view(image2, config, seeds.fold_in(example_seed, 2), image_size),
+      "view1": augment_view(image, seeds.fold_in(example_seed, 1)),
+      "view2": augment_view(image2, seeds.fold_in(example_seed, 2)),
       **out,
     }
 
@@ -535,14 +559,16 @@ def make_supervised_dataset(
     skip=skip_examples,
   )
 
+  augment_view = _augment_function(config, image_size)
+  preprocess_eval = _eval_function(config, image_size)
+
   @tf.autograph.experimental.do_not_convert
   def prepare(ex):
     image = _decode(ex["encoded"], config.channels)
     if training:
-      view_seed = seeds.fold_in(base, ex["key"], ex["epoch"], 1)
-      image = augment.augment_view(image, config, view_seed, image_size)
+      image = augment_view(image, seeds.fold_in(base, ex["key"], ex["epoch"], 1))
     else:
-      image = augment.preprocess_eval(image, config, image_size)
+      image = preprocess_eval(image)
     label = ex["multi_label"] if label_mode == LabelMode.MULTI_LABEL else ex["label"]
     if with_metadata:
       return {
