@@ -148,7 +148,8 @@ class StandardizedConv2D(keras.layers.Layer):
     if self.kernel_size == 1 and self.strides == 1:  # A 1x1 convolution is a matmul.
       return self._matmul(x, kernel)
     total = self.kernel_size - 1
-    if training and not gradients.uses_autodiff():
+    # A Python True only: a symbolic `training` keeps the convolution.
+    if training is True and not gradients.uses_autodiff():
       positions = self._output_positions(x.shape)
       if self.kernel_size == 1:
         if not self.pad and positions <= SLICE_MAX_POSITIONS:
