@@ -147,7 +147,6 @@ class StandardizedConv2D(keras.layers.Layer):
     kernel = ops.cast(standardize_kernel(self.kernel), self.compute_dtype)
     if self.kernel_size == 1 and self.strides == 1:  # A 1x1 convolution is a matmul.
       return self._matmul(x, kernel)
-    total = self.kernel_size - 1
     # A Python True only: a symbolic `training` keeps the convolution.
     if training is True and not gradients.uses_autodiff():
       positions = self._output_positions(x.shape)
@@ -155,18 +154,22 @@ class StandardizedConv2D(keras.layers.Layer):
         if not self.pad and positions <= SLICE_MAX_POSITIONS:
           return self._matmul(x[:, :: self.strides, :: self.strides, :], kernel)
       elif positions <= PATCHES_MAX_POSITIONS:
-        if self.pad and total > 0:
-          beg, end = total // 2, total - total // 2
-          x = tf.pad(x, [[0, 0], [beg, end], [beg, end], [0, 0]])
         k, s = self.kernel_size, self.strides
-        patches = tf.image.extract_patches(x, [1, k, k, 1], [1, s, s, 1], [1, 1, 1, 1], "VALID")
+        patches = tf.image.extract_patches(
+          self._fixed_pad(x), [1, k, k, 1], [1, s, s, 1], [1, 1, 1, 1], "VALID"
+        )
         return self._matmul(patches, kernel)
-    if self.pad and total == 2 and self.strides == 1:  # (1, 1) zeros: exactly SAME.
+    if self.pad and self.kernel_size == 3 and self.strides == 1:  # (1, 1) zeros: exactly SAME.
       return ops.conv(x, kernel, strides=1, padding="same")
-    if self.pad and total > 0:
-      beg, end = total // 2, total - total // 2
-      x = ops.pad(x, [[0, 0], [beg, end], [beg, end], [0, 0]])
-    return ops.conv(x, kernel, strides=self.strides, padding="valid")
+    return ops.conv(self._fixed_pad(x), kernel, strides=self.strides, padding="valid")
+
+  def _fixed_pad(self, x: tf.Tensor) -> tf.Tensor:
+    """BiT's explicit zero padding: (k - 1) // 2 before, the rest after (none if pad=False)."""
+    total = self.kernel_size - 1
+    if not self.pad or total == 0:
+      return x
+    beg, end = total // 2, total - total // 2
+    return ops.pad(x, [[0, 0], [beg, end], [beg, end], [0, 0]])
 
   def _matmul(self, x: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
     """(N, H, W, K) x (.., .., .., C_out) kernel flattened to (K, C_out) -> (N, H, W, C_out)."""
