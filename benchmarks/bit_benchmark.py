@@ -84,10 +84,10 @@ def _encoder(name: str, size: int) -> Any:
   """(N, size, size, 3) in [0, 1] -> {'feature_map', 'embedding'}; both rescale to [-1, 1]."""
   import keras
 
-  if name == OURS:
-    from remedis_tf.models import build_bit_encoder
+  if name != KERAS:  # OURS, or any encoder name of remedis_tf.models (e.g. "bit-tiny")
+    from remedis_tf.models import build_encoder_by_name
 
-    return build_bit_encoder(50, 1)
+    return build_encoder_by_name("bit-r50x1" if name == OURS else name)
   images = keras.Input((size, size, 3), name="images")
   x = keras.layers.Rescaling(scale=2.0, offset=-1.0, name="rescale")(images)
   feature_map = keras.applications.ResNet50V2(
@@ -97,8 +97,14 @@ def _encoder(name: str, size: int) -> Any:
   return keras.Model(images, {"feature_map": feature_map, "embedding": embedding}, name=name)
 
 
-def _make_step(name: str, step: str, size: int, batch: int) -> tuple[Any, tuple[Any, ...], int]:
-  """Returns (traced step function, its inputs, parameter count) for one model."""
+def _make_step(
+  name: str, step: str, size: int, batch: int, num_classes: int = 1000
+) -> tuple[Any, tuple[Any, ...], int]:
+  """Returns (step function, its inputs, parameter count) for one model.
+
+  `num_classes` is the supervised head's size (benchmarks/conv_benchmark.py uses the
+  demo's 2).
+  """
   import keras
   import numpy as np
   import tensorflow as tf
@@ -125,11 +131,11 @@ def _make_step(name: str, step: str, size: int, batch: int) -> tuple[Any, tuple[
       return objective.compute_loss(encoder, view1, view2, training=True).loss
 
   else:
-    head = keras.Sequential([keras.Input((2048,)), keras.layers.Dense(1000, name="head")])
+    head = keras.Sequential([keras.Input((2048,)), keras.layers.Dense(num_classes, name="head")])
     networks = [encoder, head]
     optimizer = keras.optimizers.SGD(learning_rate=1e-3, momentum=0.9)
     images = rng.uniform(size=(batch, size, size, 3)).astype(np.float32)
-    inputs = (tf.constant(images), tf.constant(rng.integers(0, 1000, size=(batch,))))
+    inputs = (tf.constant(images), tf.constant(rng.integers(0, num_classes, size=(batch,))))
 
     def loss_fn(x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
       logits = head(encoder(x, training=True)["embedding"], training=True)

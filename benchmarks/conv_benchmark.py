@@ -136,61 +136,19 @@ def _layer_rows(rounds: int) -> list[str]:
 
 
 def _step_child(setup: str, variant: str) -> None:
-  """Times one training step set-up with one variant; prints the median seconds per step."""
-  import keras
-  import numpy as np
-  import tensorflow as tf
+  """Times one training step set-up with one variant; prints the median seconds per step.
 
-  from remedis_tf import models, objectives, optim
+  The step is `bit_benchmark.py`'s (SimCLR with LARS, or supervised with SGD), here
+  with the demo's 2-class head.
+  """
+  import bit_benchmark
+  import tensorflow as tf
 
   encoder_name, kind, size, batch, threads = _SETUPS[setup]
   tf.config.threading.set_intra_op_parallelism_threads(threads)
   tf.config.threading.set_inter_op_parallelism_threads(threads)
   _thresholds(variant == "patches")
-  keras.utils.set_random_seed(0)
-  encoder = models.build_encoder_by_name(encoder_name)
-  rng = np.random.default_rng(0)
-  if kind == "simclr":
-    objective = objectives.get("simclr")
-    objective.build(encoder, embedding_dim=encoder.output["embedding"].shape[-1])
-    networks = [encoder, *objective.trainable_networks]
-    optimizer = optim.LARS(
-      0.1,
-      momentum=0.9,
-      weight_decay=1e-6,
-      exclude_from_weight_decay=models.norm_and_bias_variables(*networks),
-    )
-    inputs = tuple(
-      tf.constant(rng.uniform(size=(batch, size, size, 3)).astype(np.float32)) for _ in range(2)
-    )
-
-    def loss_fn(a: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
-      return objective.compute_loss(encoder, a, b, training=True).loss
-
-  else:
-    head = keras.Sequential([keras.Input((2048,)), keras.layers.Dense(2)])
-    networks = [encoder, head]
-    optimizer = keras.optimizers.SGD(1e-3, momentum=0.9)
-    inputs = (
-      tf.constant(rng.uniform(size=(batch, size, size, 3)).astype(np.float32)),
-      tf.constant(rng.integers(0, 2, size=(batch,))),
-    )
-
-    def loss_fn(x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
-      logits = head(encoder(x, training=True)["embedding"])
-      return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits))
-
-  variables = [v for net in networks for v in net.trainable_variables]
-  optimizer.build(variables)
-
-  @tf.function(autograph=False)
-  def train_step(a: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
-    with tf.GradientTape() as tape:
-      loss = loss_fn(a, b)
-    grads = tape.gradient(loss, variables)
-    optimizer.apply_gradients(zip(grads, variables, strict=True))
-    return loss
-
+  train_step, inputs, _ = bit_benchmark._make_step(encoder_name, kind, size, batch, num_classes=2)
   for _ in range(2):
     train_step(*inputs).numpy()
   times = []
