@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import hashlib
 import os
 import tempfile
 from collections.abc import Callable, Iterator
@@ -200,6 +201,85 @@ def _optimizer_errors_raised() -> Iterator[None]:
       os.environ[key] = previous
 
 
+class _SharedSubgraphs:
+  """A tf2onnx rewriter that keeps one copy of each repeated computation.
+
+  The graph handed to tf2onnx runs the `serving_default` and `classify`
+  signatures, and each holds the whole encoder: two identical copies.
+  tf2onnx's own `merge_duplication` pass merges them one layer per sweep of
+  the graph, so its time grows with depth times size: converting a BiT-R50x1
+  classifier took 137 s against 38-46 s for the encoder alone. This rewriter
+  merges them in one pass before the TensorFlow ops are mapped to ONNX: in
+  topological order, a node whose op type, attributes (constants: dtype,
+  shape and bytes) and already-merged inputs equal an earlier node's is
+  replaced by that node. Merging equal deterministic ops does not change any
+  value. Nodes that produce a graph output, placeholders, random ops and
+  nodes that hold subgraphs are left as they are.
+
+  `merged` counts the nodes removed (for the log and the tests).
+  """
+
+  def __init__(self) -> None:
+    self.merged = 0
+
+  @staticmethod
+  def _attributes_key(node: Any) -> bytes:
+    digest = hashlib.sha256()
+    for name in sorted(node.attr):
+      attribute = node.attr[name]
+      if node.is_const() and name == "value":
+        # A constant's TensorProto carries its node's name; the values decide.
+        tensor = type(attribute.t)()
+        tensor.CopyFrom(attribute.t)
+        tensor.name = ""
+        data = tensor.SerializeToString(deterministic=True)
+      else:
+        data = attribute.SerializeToString(deterministic=True)
+      digest.update(name.encode() + b"\0" + hashlib.sha256(data).digest())
+    return digest.digest()
+
+  def __call__(self, graph: Any, nodes: list[Any]) -> list[Any]:
+    producer = {out: node for node in nodes for out in node.output}
+    consumers: dict[str, list[Any]] = {node.name: [] for node in nodes}
+    pending = {}
+    for node in nodes:
+      sources = {producer[i].name for i in node.input if i in producer}
+      pending[node.name] = len(sources)
+      for source in sources:
+        consumers[source].append(node)
+    ready = [node for node in nodes if pending[node.name] == 0]
+    graph_outputs = set(graph.outputs)
+    canonical: dict[str, str] = {}
+    first: dict[tuple, Any] = {}
+    removed = set()
+    while ready:
+      node = ready.pop()
+      node.input = [canonical.get(i, i) for i in node.input]
+      mergeable = not (
+        node.is_graph_input()
+        or not node.output
+        or graph_outputs.intersection(node.output)
+        or node.name in graph.contained_graphs
+        or ("Random" in node.type and not node.type.startswith("Stateless"))
+      )
+      if mergeable:
+        key = (node.type, node.domain, tuple(node.input), self._attributes_key(node))
+        twin = first.setdefault(key, node)
+        if twin is not node and len(twin.output) == len(node.output):
+          canonical.update(zip(node.output, twin.output, strict=True))
+          removed.add(node.name)
+      for consumer in consumers[node.name]:
+        pending[consumer.name] -= 1
+        if pending[consumer.name] == 0:
+          ready.append(consumer)
+    if any(pending.values()):
+      # A cycle (not expected in an inference graph): remove nothing. The inputs
+      # rewired so far point at kept nodes that compute the same values.
+      return nodes
+    self.merged += len(removed)
+    return [node for node in nodes if node.name not in removed]
+
+
 def _split_global_average_pools(model: Any, opset: int) -> int:
   """Replaces each 4-D GlobalAveragePool by a mean over W, then over H.
 
@@ -309,8 +389,12 @@ def export_onnx(
     raise ValueError(
       f"{saved_model_dir}: the feature map has shape {feature_shape}, not (N, H/32, W/32, C)."
     )
+  shared = _SharedSubgraphs()
   with _optimizer_errors_raised():
-    model, _ = tf2onnx.convert.from_function(serve, input_signature=[spec], opset=opset)
+    model, _ = tf2onnx.convert.from_function(
+      serve, input_signature=[spec], opset=opset, custom_rewriter=[shared]
+    )
+  logging.info("Merged %d repeated TensorFlow ops before the conversion.", shared.merged)
   _split_global_average_pools(model, opset)
   _finish_graph(model)
   outputs = ", ".join(o.name for o in model.graph.output)

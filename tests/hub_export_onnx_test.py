@@ -23,6 +23,7 @@ import onnx
 import onnxruntime
 import pytest
 import tensorflow as tf
+import tf2onnx
 
 from hub_export import export, onnx_export
 from remedis_tf.models import build_encoder_by_name
@@ -274,3 +275,47 @@ def test_bad_inputs_are_named(tmp_path):
   proc = _run_export_cli(f"--saved_model={missing}", "--format=onnx")
   assert proc.returncode == 2 and "--saved_model" in proc.stderr and missing in proc.stderr
   assert not os.path.exists(missing + ".onnx")
+
+
+def test_repeated_computation_is_merged_before_conversion():
+  """_SharedSubgraphs merges a repeated chain in one pass and keeps what differs.
+
+  Two identical chains (2x + 1, ReLU) and a third with another constant: the
+  ONNX graph keeps one copy of the first and the third, and every output equals
+  its float64 NumPy value (one float32 rounding per op: a few ulp).
+  """
+  spec = tf.TensorSpec([None, 4], tf.float32, name="x")
+
+  @tf.function(input_signature=[spec])
+  def repeated(x):
+    return {
+      "a": tf.identity(tf.nn.relu(x * 2.0 + 1.0), name="a"),
+      "b": tf.identity(tf.nn.relu(x * 2.0 + 1.0), name="b"),
+      "c": tf.identity(tf.nn.relu(x * 3.0 + 1.0), name="c"),
+    }
+
+  shared = onnx_export._SharedSubgraphs()
+  sizes = []
+
+  def rewriter(graph, nodes):
+    kept = shared(graph, nodes)
+    sizes.append((len(nodes), len(kept)))
+    return kept
+
+  model, _ = tf2onnx.convert.from_function(
+    repeated, input_signature=[spec], opset=17, custom_rewriter=[rewriter]
+  )
+  # The second chain's multiply, add and ReLU at least, removed from the graph.
+  ((before, after),) = sizes
+  assert before - after == shared.merged >= 3, (before, after, shared.merged)
+  ops = collections.Counter(n.op_type for n in model.graph.node)
+  assert ops["Mul"] == ops["Add"] == ops["Relu"] == 2, ops
+  x = np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32)
+  session = onnxruntime.InferenceSession(
+    model.SerializeToString(), providers=["CPUExecutionProvider"]
+  )
+  got = dict(zip([o.name for o in session.get_outputs()], session.run(None, {"x": x}), strict=True))
+  x64 = x.astype(np.float64)
+  for name, factor in (("a", 2.0), ("b", 2.0), ("c", 3.0)):
+    key = next(k for k in got if k.startswith(name))
+    np.testing.assert_allclose(got[key], np.maximum(x64 * factor + 1.0, 0.0), rtol=4 * 2.0**-24)
