@@ -83,18 +83,28 @@ def test_kill9_then_resume_and_sigterm_checkpoints(tmp_path):
 @pytest.mark.slow
 @pytest.mark.integration
 def test_cli_reports_bad_flags_missing_data_and_incompatible_checkpoints(tmp_path):
+  """One user error through the CLI process (exit 2, no traceback), the others in-process.
+
+  The CLI maps every `UserError` to exit status 2 (cli_util); the process case
+  checks that mapping, the in-process cases the error and its message.
+  """
   from train_testdata import cli, write_multiclass  # helper module next to the tests
+
+  from remedis_tf.errors import UserError
+  from remedis_tf.train.pretrain import PretrainConfig, pretrain
 
   proc = cli("remedis-pretrain", _args(str(tmp_path / "none-*.tfrecord"), str(tmp_path / "m"), 2))
   log = proc.communicate(timeout=120)[0]
-  assert proc.returncode == 2 and "no TFRecord files match" in log
+  assert proc.returncode == 2 and "no TFRecord files match" in log and "Traceback" not in log
   data = write_multiclass(str(tmp_path / "data"), num_shards=1, per_shard=4)
-  proc = cli("remedis-pretrain", _args(data, str(tmp_path / "m"), 2, ["--encoder=bit-r51x1"]))
-  log = proc.communicate(timeout=120)[0]
-  assert proc.returncode == 2 and "bit-r51x1" in log
+  common = dict(
+    train_data=data, train_steps=2, objective="simclr", global_batch_size=4, image_size=32
+  )
+  with pytest.raises(UserError, match="bit-r51x1"):
+    pretrain(PretrainConfig(model_dir=str(tmp_path / "m"), encoder="bit-r51x1", **common))
   os.makedirs(tmp_path / "m2")
   with open(tmp_path / "m2" / "config.json", "w") as f:
     json.dump({"task": "pretrain", "encoder": "bit-r50x1", "objective": "simclr"}, f)
-  proc = cli("remedis-pretrain", _args(data, str(tmp_path / "m2"), 2))
-  log = proc.communicate(timeout=120)[0]
-  assert proc.returncode == 2 and "cannot be resumed" in log and "bit-r50x1" in log
+  with pytest.raises(UserError, match="cannot be resumed") as error:
+    pretrain(PretrainConfig(model_dir=str(tmp_path / "m2"), encoder="bit-tiny", **common))
+  assert "bit-r50x1" in str(error.value)
