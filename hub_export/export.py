@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+import weakref
 
 import keras
 import tensorflow as tf
@@ -46,6 +47,8 @@ LABELS_FILENAME = "labels.txt"
 
 IMAGE_SPEC = tf.TensorSpec([None, None, None, 3], tf.float32, name=IMAGES_ARG)
 PROBE_SIZE = 64  # Input side used to trace output shapes of models that accept any size.
+# model -> output_shapes(model); a model's outputs do not change once it is built.
+_OUTPUT_SHAPES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _probe_spec(model: keras.Model) -> tf.TensorSpec:
@@ -67,11 +70,19 @@ def output_shapes(model: keras.Model) -> dict[str, tf.TensorShape]:
   """Returns the shapes of the model's output dict for a (1, H, W, 3) input.
 
   H and W are the model's fixed input side, else PROBE_SIZE. Found by
-  tracing, so nothing is computed.
+  tracing, so nothing is computed; the trace (a whole forward pass: seconds for
+  BiT-R50x1) is done once per model object, as an export asks up to three
+  times (remedis-export, `export_encoder`, `build_export_object`).
 
   Raises:
     ValueError: the model does not return a dict with 'feature_map'.
   """
+  try:
+    cached = _OUTPUT_SHAPES.get(model)
+  except TypeError:  # Not weakly referenceable: trace every time.
+    cached = None
+  if cached is not None:
+    return dict(cached)
   spec = _probe_spec(model)
   traced = tf.function(lambda x: model(x, training=False)).get_concrete_function(spec)
   structured = traced.structured_outputs
@@ -80,7 +91,10 @@ def output_shapes(model: keras.Model) -> dict[str, tf.TensorShape]:
       "export_encoder needs a model returning a dict with 'feature_map' "
       f"(and 'embedding'); got {type(structured).__name__}."
     )
-  return {k: v.shape for k, v in structured.items()}
+  shapes = {k: v.shape for k, v in structured.items()}
+  with contextlib.suppress(TypeError):
+    _OUTPUT_SHAPES[model] = shapes
+  return dict(shapes)
 
 
 def _embedding(outputs: dict[str, tf.Tensor]) -> tf.Tensor:

@@ -127,3 +127,28 @@ def test_rejects_model_without_feature_map(tmp_path):
   model = keras.Model(inputs, keras.layers.Conv2D(4, 3)(inputs))
   with pytest.raises(ValueError, match="feature_map"):
     export.export_encoder(model, str(tmp_path / "bad"))
+
+
+def test_output_shapes_traces_each_model_once():
+  """An export asks for the output shapes up to three times; the model is traced once."""
+  import keras
+
+  traces = []
+
+  class Counting(keras.layers.Layer):
+    def call(self, x):
+      traces.append(1)  # Python runs once per trace.
+      return {"feature_map": x[:, ::32, ::32, :], "embedding": tf.reduce_mean(x, axis=[1, 2])}
+
+  inputs = keras.Input((None, None, 3))
+  model = keras.Model(inputs, Counting()(inputs))
+  traces.clear()
+  first = export.output_shapes(model)
+  assert first == export.output_shapes(model) and len(traces) == 1
+  assert first["feature_map"].as_list() == [1, 2, 2, 3]  # the 64 px probe
+  first["feature_map"] = None  # The caller's copy; the cached shapes are unchanged.
+  assert export.output_shapes(model)["feature_map"].as_list() == [1, 2, 2, 3]
+  other = keras.Model(inputs, Counting()(inputs))
+  traces.clear()
+  export.output_shapes(other)
+  assert len(traces) == 1  # Another model object is traced anew.
