@@ -157,8 +157,11 @@ class StudyConfig:
 
 SCALE_PRESETS: dict[str, dict[str, Any]] = {
   # The test suite's end-to-end and interrupt checks: every stage, as little
-  # compute as runs it (4 fine-tuning steps leave room to stop one midway).
+  # compute as runs it (4 fine-tuning steps leave room to stop one midway;
+  # 32 px, the smallest side BiT's stride of 32 allows, stored at 48 px).
   "tiny": {
+    "image_size": 32,
+    "max_size": 48,
     "pretrain_steps": 3,
     "pretrain_batch_size": 16,
     "finetune_steps": 4,
