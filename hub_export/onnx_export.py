@@ -213,8 +213,9 @@ class _SharedSubgraphs:
   topological order, a node whose op type, attributes (constants: dtype,
   shape and bytes) and already-merged inputs equal an earlier node's is
   replaced by that node. Merging equal deterministic ops does not change any
-  value. Nodes that produce a graph output, placeholders, random ops and
-  nodes that hold subgraphs are left as they are.
+  value. Nodes that produce a graph output, placeholders and random ops are
+  left as they are, and a graph with control-flow subgraphs (whose bodies may
+  name outer tensors) is left whole.
 
   `merged` counts the nodes removed (for the log and the tests).
   """
@@ -239,6 +240,8 @@ class _SharedSubgraphs:
     return digest.digest()
 
   def __call__(self, graph: Any, nodes: list[Any]) -> list[Any]:
+    if graph.contained_graphs:
+      return nodes
     producer = {out: node for node in nodes for out in node.output}
     consumers: dict[str, list[Any]] = {node.name: [] for node in nodes}
     pending = {}
@@ -259,13 +262,12 @@ class _SharedSubgraphs:
         node.is_graph_input()
         or not node.output
         or graph_outputs.intersection(node.output)
-        or node.name in graph.contained_graphs
         or ("Random" in node.type and not node.type.startswith("Stateless"))
       )
       if mergeable:
         key = (node.type, node.domain, tuple(node.input), self._attributes_key(node))
         twin = first.setdefault(key, node)
-        if twin is not node and len(twin.output) == len(node.output):
+        if twin is not node:  # Equal op and attributes: as many outputs.
           canonical.update(zip(node.output, twin.output, strict=True))
           removed.add(node.name)
       for consumer in consumers[node.name]:
